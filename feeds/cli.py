@@ -1,0 +1,266 @@
+"""The command line: `feeds run | poll | publish | check | status | clusters | sources`.
+
+The composition root: builds the settings, store and fetcher, calls one function, maps the result
+to an exit code (0 ok, 1 some sources failed, 2 bad config or usage). Nothing imports this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from feeds import __version__
+from feeds.config import DEFAULT_PATH, load_settings
+from feeds.errors import ConfigError, FeedsError
+from feeds.fetch import Fetcher
+from feeds.models import PollOutcome, Settings, SourceState
+from feeds.policy import initial_state, reconcile
+from feeds.poll import poll_due
+from feeds.publish import publish_all
+from feeds.scheduler import Daemon, utc_now
+from feeds.store import Store, open_store
+from feeds.timeutil import format_duration, to_rfc3339
+
+log = logging.getLogger("feeds")
+OK, FAILED, USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every verb."""
+    parser = argparse.ArgumentParser(prog="feeds", description="Poll feeds, merge duplicate stories, publish merged feeds.")
+    parser.add_argument("--version", action="version", version=f"feeds {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", type=Path, default=DEFAULT_PATH, help="config file (default: %(default)s)")
+    common.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    common.add_argument("-q", "--quiet", action="store_true", help="only errors in the log")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
+
+    verbs.add_parser("run", parents=[common], help="the daemon: poll each source on schedule, republish on change")
+    poll = verbs.add_parser("poll", parents=[common], help="poll every due source once, publish, exit (for cron)")
+    poll.add_argument("--force", action="store_true", help="also poll sources not yet due (never inside a Retry-After window)")
+    poll.add_argument("--json", action="store_true", help="print the outcomes as JSON")
+    poll.add_argument("names", nargs="*", metavar="SOURCE", help="poll only these sources")
+    verbs.add_parser("publish", parents=[common], help="re-render every output from the store")
+    verbs.add_parser("check", parents=[common], help="validate the config; print every error with file:line")
+    status = verbs.add_parser("status", parents=[common], help="show each source's polling state")
+    status.add_argument("--json", action="store_true", help="print as JSON")
+    clusters = verbs.add_parser("clusters", parents=[common], help="show stored stories grouped as they will be published")
+    clusters.add_argument("--json", action="store_true", help="print as JSON")
+    clusters.add_argument("--exact", action="store_true", help="group by exact keys only (as outputs with dedupe: exact)")
+    clusters.add_argument("action", nargs="?", choices=["explain"], help="explain STORY_ID: why a story joined its cluster")
+    clusters.add_argument("story", nargs="?", metavar="STORY_ID")
+    sources = verbs.add_parser("sources", parents=[common], help="manage sources' polling state")
+    sources_verbs = sources.add_subparsers(dest="sources_verb", required=True, metavar="ACTION")
+    reset = sources_verbs.add_parser("reset", parents=[common], help="forget a source's state (resumes a gone source)")
+    reset.add_argument("names", nargs="+", metavar="SOURCE")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = (
+        logging.ERROR
+        if args.quiet
+        else [logging.WARNING if args.verb != "run" else logging.INFO, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    )
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(max(level, logging.WARNING))
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return USAGE
+    if args.verb == "check":
+        print(f"{args.config}: ok ({len(settings.sources)} sources, {len(settings.outputs)} outputs)")
+        return OK
+    if args.verb == "clusters" and args.action == "explain" and not args.story:
+        parser.error("clusters explain needs a STORY_ID")
+    try:
+        store = open_store(settings.storage, base=settings.path.parent.resolve())
+    except FeedsError as exc:
+        print(f"feeds: {exc}", file=sys.stderr)
+        return USAGE
+    try:
+        return _dispatch(args, settings, store)
+    except FeedsError as exc:
+        print(f"feeds: {exc}", file=sys.stderr)
+        return USAGE
+    finally:
+        store.close()
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int:
+    if args.verb == "run":
+        fetcher = Fetcher(settings.fetch)
+        try:
+            Daemon(settings, store, fetcher).run_forever()
+        finally:
+            fetcher.close()
+        return OK
+    if args.verb == "poll":
+        unknown = [n for n in args.names if settings.source(n) is None]
+        if unknown:
+            print(f"feeds: no source named {', '.join(unknown)} in {settings.path}", file=sys.stderr)
+            return USAGE
+        fetcher = Fetcher(settings.fetch)
+        try:
+            outcomes = poll_due(settings, store, fetcher, now=utc_now(), force=args.force, names=args.names)
+        finally:
+            fetcher.close()
+        written = publish_all(settings, store, now=utc_now())
+        _print_outcomes(outcomes, written, as_json=args.json)
+        return FAILED if any(o.status in ("failed", "gone") for o in outcomes) else OK
+    if args.verb == "publish":
+        for path in publish_all(settings, store, now=utc_now()):
+            print(f"wrote {path}")
+        return OK
+    if args.verb == "status":
+        return _status(settings, store, as_json=args.json)
+    if args.verb == "clusters":
+        if args.action == "explain":
+            return _explain(store, args.story)
+        return _clusters(settings, store, exact=args.exact, as_json=args.json)
+    if args.verb == "sources" and args.sources_verb == "reset":
+        unknown = [n for n in args.names if settings.source(n) is None]
+        if unknown:
+            print(f"feeds: no source named {', '.join(unknown)} in {settings.path}", file=sys.stderr)
+            return USAGE
+        for name in args.names:
+            source = settings.source(name)
+            assert source is not None
+            store.save_state(initial_state(source))
+            print(f"reset {name}: it will be polled on the next cycle")
+        return OK
+    raise AssertionError(args.verb)
+
+
+def _print_outcomes(outcomes: list[PollOutcome], written: list[str], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"sources": [_outcome_json(o) for o in outcomes], "written": written}, indent=2))
+        return
+    if not outcomes:
+        print("no source is due (use --force to poll anyway)")
+    for o in sorted(outcomes, key=lambda o: o.source):
+        detail = o.error or (f"{o.new} new, {o.updated} updated" + (f" (warning: {o.warning})" if o.warning else ""))
+        print(f"{o.source:<20} {o.status:<13} {detail}")
+    for path in written:
+        print(f"wrote {path}")
+
+
+def _outcome_json(o: PollOutcome) -> dict[str, Any]:
+    return {"source": o.source, "status": o.status, "new": o.new, "updated": o.updated, "error": o.error, "warning": o.warning}
+
+
+def _stamp(value: datetime | None) -> str | None:
+    return to_rfc3339(value) if value else None
+
+
+def describe_state(state: SourceState, *, now: datetime) -> str:
+    """One phrase for a source's state: ok, not modified, failing since ..., gone, ..."""
+    if state.status == "gone":
+        return "gone (HTTP 410; `feeds sources reset` to resume)"
+    if state.retry_after and state.retry_after > now:
+        return f"retry-after until {_stamp(state.retry_after)}"
+    if state.status == "failing":
+        since = format_duration(now - state.failing_since) if state.failing_since else "?"
+        return f"failing for {since}, backing off until {_stamp(state.next_poll)}"
+    text = {"new": "never polled", "ok": "ok", "not_modified": "not modified"}.get(state.status, state.status)
+    if state.moved_from:
+        text += f" (moved from {state.moved_from})"
+    if state.redirect_to:
+        text += f" (permanent redirect to {state.redirect_to} seen {state.redirect_seen}x, not yet confirmed)"
+    return text
+
+
+def _status(settings: Settings, store: Store, *, as_json: bool) -> int:
+    now = utc_now()
+    states = store.states()
+    counts = store.story_counts()
+    rows = []
+    for source in settings.sources:
+        state = reconcile(states.get(source.name), source)
+        rows.append(
+            {
+                "source": source.name,
+                "url": state.url,
+                "status": state.status,
+                "state": describe_state(state, now=now),
+                "last_poll": _stamp(state.last_poll),
+                "last_success": _stamp(state.last_success),
+                "failures": state.failures,
+                "failing_since": _stamp(state.failing_since),
+                "error": state.error,
+                "warning": state.warning,
+                "next_poll": _stamp(state.next_poll),
+                "retry_after": _stamp(state.retry_after),
+                "interval": format_duration(state.interval or source.interval),
+                "interval_reason": state.interval_reason,
+                "moved_from": state.moved_from,
+                "stories": counts.get(source.name, 0),
+            }
+        )
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"{'SOURCE':<20} {'STORIES':>7} {'LAST SUCCESS':<21} {'NEXT POLL':<21} {'INTERVAL':<18} STATE")
+        for r in rows:
+            interval = f"{r['interval']} ({r['interval_reason']})"
+            print(
+                f"{r['source']:<20} {r['stories']:>7} {r['last_success'] or '-':<21} "
+                f"{r['next_poll'] or 'due':<21} {interval:<18} {r['state']}"
+            )
+            if r["error"]:
+                print(f"{'':<20} error: {r['error']}")
+    return FAILED if any(r["status"] in ("failing", "gone") for r in rows) else OK
+
+
+def _clusters(settings: Settings, store: Store, *, exact: bool, as_json: bool) -> int:
+    names = [s.name for s in settings.sources]
+    everything = sum(store.story_counts().values())
+    result: list[dict[str, Any]] = [
+        {
+            "id": cluster.atom_id,
+            "title": cluster.lead.title,
+            "stories": [
+                {"source": s.source, "id": s.id, "link": s.link, "title": s.title, "published": _stamp(s.when)} for s in cluster.members
+            ],
+        }
+        for cluster in store.clusters(names, exact=exact, limit=everything)
+    ]
+    if as_json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        for c in result:
+            print(f"{c['title']}  [{c['id']}]")
+            for s in c["stories"]:
+                print(f"    {s['source']:<18} {s['id']}  {s['title']}")
+    return OK
+
+
+def _explain(store: Store, story_id: str) -> int:
+    stories = {s.story.id: s for s in store.stored_stories()}
+    stored = stories.get(story_id)
+    if stored is None:
+        print(f"feeds: no story {story_id!r} (ids are listed by `feeds clusters`)", file=sys.stderr)
+        return USAGE
+    d = stored.decision
+    story = stored.story
+    print(f"{story.id} ({story.source}): {story.title}")
+    matched = stories.get(d.get("matched") or "")
+    other = f"{matched.story.id} ({matched.story.source}): {matched.story.title}" if matched else d.get("matched")
+    if d.get("kind") in ("exact", "near"):
+        print(f"joined cluster {stored.cluster_id} by {d['kind']} match with {other}")
+    else:
+        print(f"started cluster {stored.cluster_id}" + (f"; nearest: {other}" if other else ""))
+    print(f"reason: {d.get('reason')}")
+    print(f"jaccard={d.get('jaccard', 0):.3f} containment={d.get('containment', 0):.3f}")
+    return OK

@@ -1,0 +1,313 @@
+"""YAML -> validated Settings: every error at once, each as `file:line: field.path: message`.
+
+The YAML is composed into nodes first so every value keeps its line; pydantic checks types and
+rejects unknown keys (typos); cross-field checks (duplicate names, unknown references, bounds)
+follow. Nothing here polls or writes.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from feeds.errors import ConfigError
+from feeds.models import DedupeSettings, FetchSettings, OutputSpec, Settings, Source
+from feeds.timeutil import format_duration, parse_duration
+
+DEFAULT_PATH = Path("config/feeds.yaml")
+MIN_INTERVAL_FLOOR = timedelta(minutes=1)
+_SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+def _duration(value: Any) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        try:
+            return parse_duration(value)
+        except ValueError:
+            pass
+    raise ValueError(f"not a duration (use e.g. 90s, 15m, 2h, 3d), got {value!r}")
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+Slug = Annotated[str, Field(pattern=_SLUG)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Defaults(_Model):
+    interval: Duration = timedelta(minutes=30)
+    min_interval: Duration = timedelta(minutes=5)
+    max_interval: Duration = timedelta(days=1)
+
+
+class _Source(_Model):
+    name: Slug
+    url: Annotated[str, Field(min_length=1)]
+    title: str | None = None
+    tags: list[Slug] = []
+    interval: Duration | None = None
+    min_interval: Duration | None = None
+    max_interval: Duration | None = None
+    priority: int = 0
+
+
+class _Include(_Model):
+    tags: list[str] = []
+    sources: list[str] = []
+
+
+class _Output(_Model):
+    name: Slug
+    title: str | None = None
+    description: str | None = None
+    include: _Include = _Include()
+    limit: Annotated[int, Field(ge=1, le=10_000)] = 100
+    dedupe: Literal["near", "exact"] = "near"
+
+
+class _Fetch(_Model):
+    connect_timeout: Annotated[float, Field(gt=0, le=300)] = 10.0
+    read_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    max_wire_bytes: Annotated[int, Field(ge=1024)] = 10_000_000
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 50_000_000
+    max_redirects: Annotated[int, Field(ge=0, le=20)] = 5
+    workers: Annotated[int, Field(ge=1, le=64)] = 8
+    per_host: Annotated[int, Field(ge=1, le=16)] = 2
+    user_agent: str | None = None
+    max_entries: Annotated[int, Field(ge=1, le=100_000)] = 500
+
+
+class _Dedupe(_Model):
+    window: Duration = timedelta(days=3)
+    jaccard: Annotated[float, Field(gt=0, le=1)] = 0.5
+    containment: Annotated[float, Field(gt=0, le=1)] = 0.8
+    min_words: Annotated[int, Field(ge=3, le=1000)] = 15
+
+
+class _Config(_Model):
+    storage: str = "sqlite:///feeds.db"
+    publish_dir: str = "public"
+    base_url: str = "http://localhost:8080/"
+    tick: Duration = timedelta(seconds=10)
+    defaults: _Defaults = _Defaults()
+    fetch: _Fetch = _Fetch()
+    dedupe: _Dedupe = _Dedupe()
+    sources: Annotated[list[_Source], Field(min_length=1)]
+    outputs: list[_Output] = [_Output(name="all", title="All stories")]
+
+
+Path_ = tuple[str | int, ...]
+
+
+def _to_data(node: yaml.Node, path: Path_, lines: dict[Path_, int], problems: list[tuple[Path_, str]]) -> Any:
+    """A composed YAML node -> plain data, recording the line of every path."""
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        data: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = yaml.safe_load(yaml.serialize(key_node)) if not isinstance(key_node, yaml.ScalarNode) else key_node.value
+            if key in data:
+                lines[(*path, key)] = key_node.start_mark.line + 1
+                problems.append(((*path, key), "duplicate key"))
+                continue
+            lines[(*path, key)] = key_node.start_mark.line + 1
+            data[key] = _to_data(value_node, (*path, key), lines, problems)
+            lines[(*path, key)] = key_node.start_mark.line + 1
+        return data
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_data(item, (*path, i), lines, problems) for i, item in enumerate(node.value)]
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def _dotted(path: Path_) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _line(path: Path_, lines: dict[Path_, int]) -> int:
+    for end in range(len(path), -1, -1):
+        if path[:end] in lines:
+            return lines[path[:end]]
+    return 1
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and validate a config file; raise ConfigError listing every problem."""
+    display = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError([f"{display}: config file not found (pass --config FILE)"]) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{display}: cannot read config: {exc}"]) from exc
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{display}:{mark.line + 1}" if mark else display
+        raise ConfigError([f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}"]) from exc
+    if node is None:
+        raise ConfigError([f"{display}:1: the file is empty; it needs at least `sources:`"])
+    lines: dict[Path_, int] = {}
+    problems: list[tuple[Path_, str]] = []
+    data = _to_data(node, (), lines, problems)
+    if not isinstance(data, dict):
+        raise ConfigError([f"{display}:1: expected a mapping with `sources:`, got {type(data).__name__}"])
+    model: _Config | None = None
+    try:
+        model = _Config.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            loc = tuple(error["loc"])
+            message = _message(error)
+            problems.append((loc, message))
+    if model is not None:
+        problems.extend(_check(model, path.parent))
+    if problems:
+        unique = dict.fromkeys(f"{display}:{_line(loc, lines)}: {_dotted(loc)}: {msg}" for loc, msg in problems)
+        ordered = sorted(unique, key=lambda p: int(p[len(display) + 1 :].split(":", 1)[0]))
+        raise ConfigError(ordered)
+    assert model is not None
+    return _settings(model, path)
+
+
+def _message(error: Any) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling)"
+    if kind == "missing":
+        return "required"
+    if kind == "string_pattern_mismatch":
+        return f"must be a lowercase slug (letters, digits, - and _), got {error.get('input')!r}"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return message
+
+
+def _resolve_url(url: str, base: Path) -> str:
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https"):
+        return url
+    if parts.scheme == "file":
+        return url
+    path = Path(url).expanduser()
+    return (path if path.is_absolute() else (base / path)).resolve().as_uri()
+
+
+def _check(model: _Config, base: Path) -> list[tuple[Path_, str]]:
+    problems: list[tuple[Path_, str]] = []
+    seen: dict[str, int] = {}
+    for i, src in enumerate(model.sources):
+        if src.name in seen:
+            problems.append((("sources", i, "name"), f"duplicate source name {src.name!r} (also sources[{seen[src.name]}])"))
+        seen.setdefault(src.name, i)
+        parts = urlsplit(src.url)
+        if parts.scheme in ("http", "https"):
+            if not parts.hostname:
+                problems.append((("sources", i, "url"), f"not a valid URL: {src.url!r}"))
+        elif parts.scheme and len(parts.scheme) > 1 and parts.scheme != "file":
+            problems.append((("sources", i, "url"), f"unsupported scheme {parts.scheme!r}: use http(s) or a file path"))
+        else:
+            local = Path(urlsplit(_resolve_url(src.url, base)).path)
+            if not local.is_file():
+                problems.append((("sources", i, "url"), f"no such file: {local}"))
+        interval = src.interval or model.defaults.interval
+        low = src.min_interval or model.defaults.min_interval
+        high = src.max_interval or model.defaults.max_interval
+        for key, value in (("interval", interval), ("min_interval", low)):
+            if value < MIN_INTERVAL_FLOOR:
+                problems.append(
+                    (("sources", i, key), f"must be at least {format_duration(MIN_INTERVAL_FLOOR)}, got {format_duration(value)!r}")
+                )
+        if not low <= high:
+            problems.append(
+                (("sources", i, "min_interval"), f"min_interval {format_duration(low)} is above max_interval {format_duration(high)}")
+            )
+    names: dict[str, int] = {}
+    tags = {t for s in model.sources for t in s.tags}
+    for i, out in enumerate(model.outputs):
+        if out.name in names:
+            problems.append((("outputs", i, "name"), f"duplicate output name {out.name!r} (also outputs[{names[out.name]}])"))
+        names.setdefault(out.name, i)
+        for j, name in enumerate(out.include.sources):
+            if name not in seen:
+                problems.append((("outputs", i, "include", "sources", j), f"no source named {name!r}"))
+        for j, tag in enumerate(out.include.tags):
+            if tag not in tags:
+                problems.append((("outputs", i, "include", "tags", j), f"no source has the tag {tag!r}"))
+    base_url = urlsplit(model.base_url)
+    if base_url.scheme not in ("http", "https") or not base_url.hostname:
+        problems.append((("base_url",), f"must be an absolute http(s) URL, got {model.base_url!r}"))
+    if not re.match(r"^[a-z][a-z0-9+]*://", model.storage):
+        problems.append((("storage",), f"must be a URL such as sqlite:///feeds.db, got {model.storage!r}"))
+    return problems
+
+
+def _settings(model: _Config, path: Path) -> Settings:
+    base = path.parent.resolve()
+    defaults = model.defaults
+    sources = tuple(
+        Source(
+            name=s.name,
+            url=_resolve_url(s.url, base),
+            title=s.title,
+            tags=tuple(s.tags),
+            interval=s.interval or defaults.interval,
+            min_interval=s.min_interval or defaults.min_interval,
+            max_interval=s.max_interval or defaults.max_interval,
+            priority=s.priority,
+        )
+        for s in model.sources
+    )
+    outputs = tuple(
+        OutputSpec(
+            name=o.name,
+            title=o.title or o.name,
+            description=o.description,
+            include_sources=tuple(o.include.sources),
+            include_tags=tuple(o.include.tags),
+            limit=o.limit,
+            dedupe=o.dedupe,
+        )
+        for o in model.outputs
+    )
+    f = model.fetch
+    publish_dir = Path(model.publish_dir).expanduser()
+    base_url = model.base_url if model.base_url.endswith("/") else model.base_url + "/"
+    return Settings(
+        path=path,
+        storage=model.storage,
+        publish_dir=(publish_dir if publish_dir.is_absolute() else base / publish_dir).resolve(),
+        base_url=base_url,
+        sources=sources,
+        outputs=outputs,
+        fetch=FetchSettings(
+            connect_timeout=f.connect_timeout,
+            read_timeout=f.read_timeout,
+            max_wire_bytes=f.max_wire_bytes,
+            max_body_bytes=f.max_body_bytes,
+            max_redirects=f.max_redirects,
+            workers=f.workers,
+            per_host=f.per_host,
+            user_agent=f.user_agent,
+        ),
+        dedupe=DedupeSettings(
+            window=model.dedupe.window,
+            jaccard=model.dedupe.jaccard,
+            containment=model.dedupe.containment,
+            min_words=model.dedupe.min_words,
+        ),
+        tick=model.tick,
+        max_entries=f.max_entries,
+    )

@@ -1,0 +1,255 @@
+"""Frozen value types passed between pipeline stages.
+
+Plain data, picklable (so parsing can move to a process pool), no I/O methods.
+Imports only the standard library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+SourceStatus = Literal["new", "ok", "not_modified", "failing", "gone"]
+OutcomeStatus = Literal["ok", "not_modified", "unchanged", "failed", "gone", "skipped"]
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """A feed the user listed in the config."""
+
+    name: str
+    url: str  # http(s) URL, or file:///absolute/path for a local file
+    title: str | None = None
+    tags: tuple[str, ...] = ()
+    interval: timedelta = timedelta(minutes=30)
+    min_interval: timedelta = timedelta(minutes=5)
+    max_interval: timedelta = timedelta(days=1)
+    priority: int = 0  # higher wins when electing a cluster's lead story
+    line: int = 0  # where the source is declared in the config, for messages
+
+
+@dataclass(frozen=True, slots=True)
+class SourceState:
+    """What we remember about polling one source; saved after every poll."""
+
+    name: str
+    url: str  # the URL polled now (moves after a confirmed permanent redirect)
+    configured_url: str  # the URL in the config when this state was made
+    status: SourceStatus = "new"
+    etag: str | None = None
+    last_modified: str | None = None
+    body_hash: str | None = None
+    last_poll: datetime | None = None
+    last_success: datetime | None = None
+    next_poll: datetime | None = None  # None: due now
+    failures: int = 0
+    failing_since: datetime | None = None
+    error: str | None = None
+    warning: str | None = None
+    retry_after: datetime | None = None  # no request before this instant, ever
+    redirect_to: str | None = None  # a permanent redirect seen, not yet confirmed
+    redirect_seen: int = 0
+    moved_from: str | None = None
+    interval: timedelta | None = None
+    interval_reason: str = "configured"
+    feed_title: str | None = None
+    feed_link: str | None = None
+    feed_id: str | None = None
+    feed_updated: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    """The outcome of one request (after redirects), success or not."""
+
+    url: str  # what we asked for
+    final_url: str
+    status: int | None  # None: no HTTP response (transport error, cap hit)
+    headers: Mapping[str, str] = field(default_factory=dict)  # lower-cased names
+    body: bytes = b""
+    permanent_redirect: str | None = None  # target, if every hop was 301/308
+    error: str | None = None
+    elapsed: float = 0.0
+
+    def header(self, name: str) -> str | None:
+        """One response header by case-insensitive name."""
+        return self.headers.get(name.lower())
+
+
+@dataclass(frozen=True, slots=True)
+class Author:
+    """An entry's author as the feed gives it."""
+
+    name: str | None = None
+    email: str | None = None
+    uri: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Enclosure:
+    """A media file attached to an entry (podcasts, images)."""
+
+    url: str
+    type: str | None = None
+    length: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedEntry:
+    """One entry as the parser read it, before normalization."""
+
+    id: str | None = None
+    link: str | None = None
+    title: str | None = None
+    title_is_html: bool = False
+    summary: str | None = None
+    content: str | None = None
+    authors: tuple[Author, ...] = ()
+    categories: tuple[str, ...] = ()
+    enclosures: tuple[Enclosure, ...] = ()
+    published: datetime | None = None
+    updated: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedFeed:
+    """A feed as the parser read it: its own metadata and its entries."""
+
+    format: str
+    title: str | None = None
+    link: str | None = None
+    id: str | None = None
+    updated: datetime | None = None
+    entries: tuple[ParsedEntry, ...] = ()
+    warning: str | None = None  # a bozo feed we still read
+    ttl: timedelta | None = None  # RSS <ttl> or sy:updatePeriod
+    hub: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Story:
+    """One entry of one source, normalized; the unit we store and merge."""
+
+    source: str
+    guid: str  # the source's own id for the entry (or one derived from link and title)
+    id: str  # globally unique and stable: derived from source and guid
+    title: str
+    link: str | None
+    canonical_url: str | None
+    first_seen: datetime
+    published: datetime | None = None
+    updated: datetime | None = None
+    summary_html: str | None = None
+    content_html: str | None = None
+    authors: tuple[Author, ...] = ()
+    categories: tuple[str, ...] = ()
+    enclosures: tuple[Enclosure, ...] = ()
+    content_hash: str = ""  # changes when the title, summary or content changes
+
+    @property
+    def when(self) -> datetime:
+        """The stamp to sort and show by: published, else first seen."""
+        return self.published or self.first_seen
+
+    @property
+    def stamp(self) -> datetime:
+        """The last-updated stamp: updated, else published, else first seen."""
+        return self.updated or self.published or self.first_seen
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    """One story as reported by one or more outlets; published as one entry."""
+
+    id: int
+    atom_id: str  # minted once, never changes, even when the lead does
+    lead: Story
+    members: tuple[Story, ...]  # lead first
+
+    @property
+    def others(self) -> tuple[Story, ...]:
+        """Every member but the lead."""
+        return tuple(m for m in self.members if m.id != self.lead.id)
+
+    @property
+    def updated(self) -> datetime:
+        """The newest last-updated stamp of any member."""
+        return max(m.stamp for m in self.members)
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSpec:
+    """One merged feed to publish as <name>.atom, .rss and .json."""
+
+    name: str
+    title: str
+    include_sources: tuple[str, ...] = ()
+    include_tags: tuple[str, ...] = ()
+    limit: int = 100
+    dedupe: Literal["near", "exact"] = "near"
+    description: str | None = None
+
+    def includes(self, source: Source) -> bool:
+        """True when stories of this source belong in the output."""
+        if not self.include_sources and not self.include_tags:
+            return True
+        return source.name in self.include_sources or bool(set(source.tags) & set(self.include_tags))
+
+
+@dataclass(frozen=True, slots=True)
+class FetchSettings:
+    """How the fetcher behaves; every limit is configurable."""
+
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0  # total time to read a response, not per chunk
+    max_wire_bytes: int = 10_000_000
+    max_body_bytes: int = 50_000_000
+    max_redirects: int = 5
+    workers: int = 8
+    per_host: int = 2
+    user_agent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DedupeSettings:
+    """How stories are merged across sources."""
+
+    window: timedelta = timedelta(days=3)
+    jaccard: float = 0.5
+    containment: float = 0.8
+    min_words: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """A validated configuration file."""
+
+    path: Path
+    storage: str
+    publish_dir: Path
+    base_url: str
+    sources: tuple[Source, ...]
+    outputs: tuple[OutputSpec, ...]
+    fetch: FetchSettings = FetchSettings()
+    dedupe: DedupeSettings = DedupeSettings()
+    tick: timedelta = timedelta(seconds=10)
+    max_entries: int = 500
+
+    def source(self, name: str) -> Source | None:
+        """The source called `name`, if configured."""
+        return next((s for s in self.sources if s.name == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class PollOutcome:
+    """What polling one source did; failure is data, not an exception."""
+
+    source: str
+    status: OutcomeStatus
+    new: int = 0
+    updated: int = 0
+    error: str | None = None
+    warning: str | None = None

@@ -1,0 +1,195 @@
+"""When to poll next and what to remember: the pure decisions behind well-behaved polling.
+
+`next_state(state, result, ...)` takes the previous SourceState, one FetchResult (plus what parsing
+found) and `now`, and returns the next SourceState. No network, store or clock; jitter is derived
+from the source name and `now`, so the same inputs always give the same answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+import statistics
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from feeds.models import FetchResult, ParsedFeed, Source, SourceState
+from feeds.timeutil import format_duration, parse_http_date, parse_retry_after
+
+JITTER = 0.1  # up to +10% so sources configured alike are not polled in lockstep
+CONFIRMATIONS = 2  # a permanent redirect must be seen this many polls in a row before we move
+_MAX_AGE = re.compile(r"(?:^|,)\s*(?:s-)?max-age\s*=\s*\"?(\d+)", re.IGNORECASE)
+
+
+def initial_state(source: Source) -> SourceState:
+    """The state of a source never polled."""
+    return SourceState(name=source.name, url=source.url, configured_url=source.url, interval=source.interval)
+
+
+def reconcile(state: SourceState | None, source: Source) -> SourceState:
+    """The stored state, reset to the config's URL when the user changed it there."""
+    if state is None or state.configured_url != source.url:
+        fresh = initial_state(source)
+        return fresh if state is None else replace(fresh, next_poll=None)
+    return state
+
+
+def is_due(state: SourceState, *, now: datetime, force: bool = False) -> bool:
+    """True when the source may be polled now. Gone sources and Retry-After windows always win."""
+    if state.status == "gone":
+        return False
+    if state.retry_after is not None and now < state.retry_after:
+        return False
+    return force or state.next_poll is None or state.next_poll <= now
+
+
+def body_hash(body: bytes) -> str:
+    """Hash of a response body, to skip parsing a body we already parsed."""
+    return hashlib.blake2b(body, digest_size=16).hexdigest()
+
+
+def body_changed(state: SourceState, result: FetchResult) -> bool:
+    """True when a 200 body differs from the last one we parsed."""
+    return result.status == 200 and body_hash(result.body) != state.body_hash
+
+
+def jitter(name: str, now: datetime) -> float:
+    """A fraction in [0, JITTER) fixed by the source and the instant: pure, yet spread out."""
+    digest = hashlib.blake2b(f"{name}|{now.isoformat()}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 * JITTER
+
+
+def server_interval(result: FetchResult, feed: ParsedFeed | None) -> timedelta | None:
+    """The longest interval the server asks for: Cache-Control max-age, Expires, RSS ttl, sy:updatePeriod."""
+    hints: list[timedelta] = []
+    cache_control = result.header("cache-control") or ""
+    if match := _MAX_AGE.search(cache_control):
+        hints.append(timedelta(seconds=int(match.group(1))))
+    expires, date = parse_http_date(result.header("expires")), parse_http_date(result.header("date"))
+    if expires and date and expires > date:
+        hints.append(expires - date)
+    if feed is not None and feed.ttl:
+        hints.append(feed.ttl)
+    return max(hints) if hints else None
+
+
+def publishing_interval(feed: ParsedFeed | None) -> timedelta | None:
+    """Half the median gap between the feed's recent entries: how often polling pays off."""
+    if feed is None:
+        return None
+    stamps = sorted({s for e in feed.entries for s in (e.published or e.updated,) if s}, reverse=True)[:20]
+    if len(stamps) < 3:
+        return None
+    gaps = [(a - b).total_seconds() for a, b in itertools.pairwise(stamps)]
+    return timedelta(seconds=statistics.median(gaps) / 2)
+
+
+def choose_interval(source: Source, state: SourceState, result: FetchResult, feed: ParsedFeed | None) -> tuple[timedelta, str]:
+    """The polling interval for a healthy source and why: configured, adaptive or server."""
+    interval, reason = state.interval or source.interval, state.interval_reason
+    adaptive = publishing_interval(feed)
+    if feed is not None:
+        interval, reason = (adaptive, "adaptive") if adaptive is not None else (source.interval, "configured")
+    interval = min(max(interval, source.min_interval), source.max_interval)
+    hint = server_interval(result, feed)
+    if hint is not None and hint > interval:
+        interval, reason = min(hint, source.max_interval), "server"
+    return interval, reason
+
+
+def backoff(source: Source, state: SourceState, failures: int) -> timedelta:
+    """Exponential backoff for the n-th consecutive failure (before jitter), capped at max_interval."""
+    start = max(source.min_interval, min(state.interval or source.interval, source.interval))
+    grown: timedelta = start * 2 ** min(failures - 1, 30)
+    return min(source.max_interval, grown)
+
+
+def next_state(
+    state: SourceState,
+    result: FetchResult,
+    *,
+    source: Source,
+    now: datetime,
+    feed: ParsedFeed | None = None,
+    error: str | None = None,
+) -> SourceState:
+    """The state after one poll: `result` is the fetch, `feed`/`error` what parsing gave (if it ran)."""
+    state = replace(state, last_poll=now)
+    status = result.status
+    if result.error or error or status is None or status >= 400:
+        return _failed(state, result, source=source, now=now, error=error)
+    moved = _track_redirect(state, result)
+    if status == 304:
+        etag = result.header("etag") or state.etag
+        modified = result.header("last-modified") or state.last_modified
+        new_hash = state.body_hash
+    else:
+        etag, modified = result.header("etag"), result.header("last-modified")
+        new_hash = body_hash(result.body)
+    interval, reason = choose_interval(source, state, result, feed)
+    wait = min(source.max_interval, interval * (1 + jitter(state.name, now)))
+    changed = feed is not None
+    return replace(
+        moved,
+        status="ok" if changed else "not_modified",
+        etag=etag,
+        last_modified=modified,
+        body_hash=new_hash,
+        last_success=now,
+        next_poll=now + wait,
+        failures=0,
+        failing_since=None,
+        error=None,
+        warning=feed.warning if feed is not None else state.warning,
+        retry_after=None,
+        interval=interval,
+        interval_reason=reason,
+        feed_title=feed.title if feed is not None else state.feed_title,
+        feed_link=feed.link if feed is not None else state.feed_link,
+        feed_id=feed.id if feed is not None else state.feed_id,
+        feed_updated=feed.updated if feed is not None else state.feed_updated,
+    )
+
+
+def _track_redirect(state: SourceState, result: FetchResult) -> SourceState:
+    target = result.permanent_redirect
+    if not target or target == state.url:
+        return replace(state, redirect_to=None, redirect_seen=0)
+    seen = state.redirect_seen + 1 if state.redirect_to == target else 1
+    if seen >= CONFIRMATIONS:
+        return replace(state, url=target, moved_from=state.url, redirect_to=None, redirect_seen=0)
+    return replace(state, redirect_to=target, redirect_seen=seen)
+
+
+def _failed(state: SourceState, result: FetchResult, *, source: Source, now: datetime, error: str | None) -> SourceState:
+    status = result.status
+    message = error or result.error or f"HTTP {status}"
+    failures = state.failures + 1
+    if status == 410:
+        return replace(
+            state,
+            status="gone",
+            error=f"HTTP 410 Gone at {result.final_url}: no longer polled (resume with `feeds sources reset {state.name}`)",
+            failures=failures,
+            failing_since=state.failing_since or now,
+            next_poll=None,
+        )
+    retry_after = parse_retry_after(result.header("retry-after"), now=now) if status in (429, 503) else None
+    if retry_after is not None and retry_after <= now:
+        retry_after = None
+    wait = min(source.max_interval, backoff(source, state, failures) * (1 + jitter(state.name, now)))
+    next_poll = now + wait
+    if retry_after is not None:
+        next_poll = max(next_poll, retry_after)
+        message += f" (Retry-After: not before {format_duration(retry_after - now)} from now)"
+    return replace(
+        state,
+        status="failing",
+        failures=failures,
+        failing_since=state.failing_since or now,
+        error=message,
+        retry_after=retry_after,
+        next_poll=next_poll,
+        redirect_to=state.redirect_to,
+    )

@@ -1,0 +1,133 @@
+"""Polling: fetch -> policy -> parse -> normalize -> dedupe -> store, one transaction per source.
+
+Failure is data: a source that cannot be fetched or parsed gets a failing state and the loop goes
+on; an unexpected exception is logged with its traceback and recorded on the source.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Collection, Sequence
+from dataclasses import replace
+from datetime import datetime
+
+from feeds import policy
+from feeds.dedupe import LeadInfo, assign, better_lead, fingerprint
+from feeds.errors import ParseError
+from feeds.fetch import Fetcher
+from feeds.models import FetchResult, OutcomeStatus, ParsedFeed, PollOutcome, Settings, Source, SourceState, Story
+from feeds.normalize import normalize_feed
+from feeds.parse import parse_feed
+from feeds.store import PollTransaction, Store
+
+log = logging.getLogger(__name__)
+
+
+def due_sources(
+    settings: Settings, store: Store, *, now: datetime, force: bool = False, names: Collection[str] = ()
+) -> list[tuple[Source, SourceState]]:
+    """The configured sources to poll now, with their states."""
+    states = store.states()
+    plan = []
+    for source in settings.sources:
+        if names and source.name not in names:
+            continue
+        state = policy.reconcile(states.get(source.name), source)
+        if policy.is_due(state, now=now, force=force):
+            plan.append((source, state))
+    return plan
+
+
+def poll_due(
+    settings: Settings,
+    store: Store,
+    fetcher: Fetcher,
+    *,
+    now: datetime,
+    force: bool = False,
+    names: Collection[str] = (),
+    stop: threading.Event | None = None,
+) -> list[PollOutcome]:
+    """Poll every due source once (fetches run in parallel); return what each poll did."""
+    plan = due_sources(settings, store, now=now, force=force, names=names)
+    sources = {state.name: source for source, state in plan}
+    outcomes = []
+    for state, result in fetcher.fetch_many(state for _, state in plan):
+        if stop is not None and stop.is_set():
+            log.info("poll-abandoned source=%s reason=shutdown", state.name)
+            continue
+        outcomes.append(process_result(settings, store, sources[state.name], state, result, now=now))
+    return outcomes
+
+
+def process_result(
+    settings: Settings, store: Store, source: Source, state: SourceState, result: FetchResult, *, now: datetime
+) -> PollOutcome:
+    """Everything after the fetch for one source; never raises."""
+    try:
+        return _process(settings, store, source, state, result, now=now)
+    except Exception as exc:
+        log.exception("poll-crashed source=%s", source.name)
+        message = f"internal error: {type(exc).__name__}: {exc}"
+        failed = policy.next_state(state, result, source=source, now=now, error=message)
+        try:
+            store.save_state(failed)
+        except Exception:
+            log.exception("state-not-saved source=%s", source.name)
+        return PollOutcome(source.name, "failed", error=message)
+
+
+def _process(settings: Settings, store: Store, source: Source, state: SourceState, result: FetchResult, *, now: datetime) -> PollOutcome:
+    feed: ParsedFeed | None = None
+    error: str | None = None
+    if result.error is None and policy.body_changed(state, result):
+        try:
+            feed = parse_feed(source.name, result.body, result.headers, url=result.final_url, max_entries=settings.max_entries)
+        except ParseError as exc:
+            error = exc.message
+    new_state = policy.next_state(state, result, source=source, now=now, feed=feed, error=error)
+    stories = normalize_feed(feed, source, base=result.final_url, now=now) if feed is not None else ()
+    with store.transaction() as tx:
+        new, updated = ingest(tx, source, stories, settings, now=now)
+        tx.save_state(new_state)
+    if new_state.status in ("failing", "gone"):
+        log.warning("poll-failed source=%s status=%s error=%s", source.name, new_state.status, new_state.error)
+        return PollOutcome(source.name, "gone" if new_state.status == "gone" else "failed", error=new_state.error)
+    if new_state.warning and feed is not None:
+        log.warning("poll-warning source=%s warning=%s", source.name, new_state.warning)
+    status: OutcomeStatus = "ok" if feed is not None else ("not_modified" if result.status == 304 else "unchanged")
+    log.info("polled source=%s status=%s new=%d updated=%d", source.name, status, new, updated)
+    return PollOutcome(source.name, status, new=new, updated=updated, warning=new_state.warning if feed else None)
+
+
+def ingest(tx: PollTransaction, source: Source, stories: Sequence[Story], settings: Settings, *, now: datetime) -> tuple[int, int]:
+    """Store a source's stories: new ones join or start clusters, edited ones change in place."""
+    known = tx.known(source.name, [s.guid for s in stories])
+    since = now - settings.dedupe.window
+    priorities = {s.name: s.priority for s in settings.sources}
+    new = updated = 0
+    for story in stories:
+        hit = known.get(story.guid)
+        if hit is not None:
+            if hit.content_hash != story.content_hash:
+                tx.update_story(hit.id, story, fingerprint(story, settings.dedupe))
+                updated += 1
+            continue
+        fp = fingerprint(story, settings.dedupe)
+        decision = assign(fp, story, tx.candidates(fp, since=since), settings.dedupe)
+        if decision.replaces is not None:
+            # The same article of the same source under a new guid (GUID rotation): one story.
+            tx.update_story(decision.replaces, story, replace(fp, story_id=decision.replaces))
+            tx.add_guid(source.name, story.guid, decision.replaces)
+            continue
+        tx.add_story(story, fp, decision)
+        new += 1
+        newcomer = LeadInfo(story.id, story.source, fp.words, story.when)
+        for cluster_id in (decision.cluster_id, decision.exact_cluster_id):
+            if cluster_id is None:
+                continue
+            current = tx.lead(cluster_id)
+            if current is not None and better_lead(current, newcomer, priorities):
+                tx.set_lead(cluster_id, story.id)
+    return new, updated

@@ -1,0 +1,89 @@
+"""Publishing: store -> render -> files, written atomically and only when their bytes change."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from datetime import datetime
+from pathlib import Path
+
+from feeds.errors import PublishError
+from feeds.models import Settings
+from feeds.render import FeedView, SourceInfo, render_all
+from feeds.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def source_infos(settings: Settings, store: Store) -> dict[str, SourceInfo]:
+    """What outputs say about each configured source: config plus what its feed told us."""
+    states = store.states()
+    infos = {}
+    for source in settings.sources:
+        state = states.get(source.name)
+        title = source.title or (state.feed_title if state else None) or source.name
+        infos[source.name] = SourceInfo(
+            name=source.name,
+            title=title,
+            feed_url=state.url if state else source.url,
+            link=state.feed_link if state else None,
+            id=state.feed_id if state else None,
+            updated=state.feed_updated if state else None,
+        )
+    return infos
+
+
+def write_atomic(path: Path, data: bytes) -> bool:
+    """Write `data` to `path` via a temporary file and rename; skip if the bytes are the same.
+
+    Readers see the old file or the new one, never a partial one, even after a crash.
+    """
+    try:
+        if path.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise PublishError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise PublishError(f"{path.parent}: cannot write outputs there: {exc.strerror}") from exc
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise PublishError(f"{path}: cannot write: {exc.strerror}") from exc
+    return True
+
+
+def publish_all(settings: Settings, store: Store, *, now: datetime) -> list[str]:
+    """Render every output and write the files that changed; return the paths written."""
+    directory = settings.publish_dir
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PublishError(f"{directory}: cannot create the publish directory: {exc.strerror}") from exc
+    infos = source_infos(settings, store)
+    written = []
+    for output in settings.outputs:
+        names = [s.name for s in settings.sources if output.includes(s)]
+        clusters = store.clusters(names, exact=output.dedupe == "exact", limit=output.limit)
+        view = FeedView(output, tuple(clusters), {n: infos[n] for n in names}, settings.base_url)
+        files = render_all(view)
+        digest = hashlib.sha256(b"".join(files.values())).hexdigest()
+        for fmt, data in files.items():
+            path = directory / f"{output.name}.{fmt}"
+            if write_atomic(path, data):
+                written.append(str(path))
+        if store.output_digest(output.name) != digest:
+            store.save_output(output.name, digest, now=now)
+            log.info("published output=%s entries=%d", output.name, len(clusters))
+    return written

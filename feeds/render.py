@@ -1,0 +1,231 @@
+"""Clusters -> Atom 1.0, RSS 2.0 and JSON Feed 1.1 bytes.
+
+Pure: no store, files or clock. Atom follows RFC 4287: one id, title and updated on the feed and
+on every entry, rel="self", an author on every entry (falling back to the outlet), a full
+atom:source (id, title, link, updated) naming the originating feed, rel="via" links for the other
+outlets that carried the story. Ids come from the store and never change between renders.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from feedgen.ext.base import BaseEntryExtension, BaseExtension
+from feedgen.feed import FeedEntry, FeedGenerator
+from feedgen.util import xml_elem
+
+from feeds import PROJECT_URL, __version__
+from feeds.models import Cluster, OutputSpec, Story
+from feeds.timeutil import to_rfc3339
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+FORMATS = {"atom": "application/atom+xml", "rss": "application/rss+xml", "json": "application/feed+json"}
+
+
+@dataclass(frozen=True, slots=True)
+class SourceInfo:
+    """What outputs say about an originating feed (config plus what its last fetch told us)."""
+
+    name: str
+    title: str
+    feed_url: str
+    link: str | None = None
+    id: str | None = None
+    updated: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FeedView:
+    """Everything an output format needs: the output, its clusters and its sources."""
+
+    output: OutputSpec
+    clusters: tuple[Cluster, ...]
+    sources: Mapping[str, SourceInfo]
+    base_url: str
+
+    def url(self, fmt: str) -> str:
+        """The public URL of this output in one format."""
+        return f"{self.base_url}{self.output.name}.{fmt}"
+
+    @property
+    def home(self) -> str:
+        """The output's river page."""
+        return f"{self.base_url}{self.output.name}/"
+
+    @property
+    def updated(self) -> datetime:
+        """The newest entry's stamp (what readers show as last updated), not the render time."""
+        return max((c.updated for c in self.clusters), default=EPOCH)
+
+    def outlet(self, story: Story) -> SourceInfo:
+        """The SourceInfo of a story's source (a placeholder if it left the config)."""
+        return self.sources.get(story.source) or SourceInfo(story.source, story.source, "")
+
+
+def entry_html(view: FeedView, cluster: Cluster) -> str | None:
+    """The lead's sanitized HTML followed by "Also reported by" links to the other outlets."""
+    lead = cluster.lead
+    body = lead.content_html or lead.summary_html or ""
+    others = [o for o in cluster.others if o.link]
+    if others:
+        links = ", ".join(f'<a href="{html.escape(o.link or "", quote=True)}">{html.escape(view.outlet(o).title)}</a>' for o in others)
+        body += f'<p class="feeds-also">Also reported by: {links}</p>'
+    return body or None
+
+
+class _SourceFeedExt(BaseExtension):  # type: ignore[misc]
+    """Feed-level half of the atom:source extension (feedgen wants both halves)."""
+
+
+class _SourceEntryExt(BaseEntryExtension):  # type: ignore[misc]
+    """Writes a complete atom:source (and RSS <source>) for an entry."""
+
+    def __init__(self) -> None:
+        self.info: SourceInfo | None = None
+        self.updated: datetime = EPOCH
+        self.links: list[dict[str, str]] = []
+
+    def extend_atom(self, entry: Any) -> Any:
+        # feedgen 1.0 drops rel, type and title from entry links (it shadows a variable while
+        # writing them), so the links are written here instead.
+        for old in entry.findall("link"):
+            entry.remove(old)
+        for link in self.links:
+            xml_elem("link", entry, **link)
+        info = self.info
+        if info is None:
+            return entry
+        source = xml_elem("source", entry)
+        is_web = info.feed_url.startswith(("http://", "https://"))
+        xml_elem("id", source).text = info.id or (info.feed_url if is_web else f"urn:feeds:source:{info.name}")
+        xml_elem("title", source).text = info.title
+        if info.link:
+            xml_elem("link", source, rel="alternate", href=info.link)
+        if is_web:
+            xml_elem("link", source, rel="self", href=info.feed_url)
+        xml_elem("updated", source).text = to_rfc3339(info.updated or self.updated)
+        return entry
+
+    def extend_rss(self, entry: Any) -> Any:
+        info = self.info
+        if info is not None and info.feed_url.startswith(("http://", "https://")):
+            xml_elem("source", entry, url=info.feed_url).text = info.title
+        return entry
+
+
+def _generator(view: FeedView) -> FeedGenerator:
+    fg = FeedGenerator()
+    fg.register_extension("feedssource", _SourceFeedExt, _SourceEntryExt, atom=True, rss=True)
+    fg.id(view.url("atom"))
+    fg.title(view.output.title)
+    fg.subtitle(view.output.description or f"{view.output.title}: merged by feeds")
+    fg.link(href=view.url("atom"), rel="self", type=FORMATS["atom"])
+    fg.link(href=view.home, rel="alternate", type="text/html")
+    fg.updated(view.updated)
+    fg.lastBuildDate(view.updated)
+    fg.generator("feeds", version=__version__, uri=PROJECT_URL)
+    fg.language("en")
+    for cluster in view.clusters:
+        _entry(fg.add_entry(order="append"), view, cluster)
+    return fg
+
+
+def _entry(fe: FeedEntry, view: FeedView, cluster: Cluster) -> None:
+    lead = cluster.lead
+    outlet = view.outlet(lead)
+    fe.id(cluster.atom_id)
+    fe.guid(cluster.atom_id, permalink=False)
+    fe.title(lead.title)
+    links = [{"rel": "alternate", "type": "text/html", "href": lead.link}] if lead.link else []
+    for other in cluster.others:
+        if other.link and other.link != lead.link:
+            links.append({"rel": "via", "type": "text/html", "href": other.link, "title": view.outlet(other).title})
+    if lead.enclosures:
+        enc = lead.enclosures[0]
+        fe.enclosure(enc.url, str(enc.length or 0), enc.type or "application/octet-stream")
+    links += [
+        {"rel": "enclosure", "href": e.url, "type": e.type or "application/octet-stream", **({"length": str(e.length)} if e.length else {})}
+        for e in lead.enclosures
+    ]
+    if lead.link:
+        fe.link(href=lead.link, rel="alternate")
+    fe.feedssource.links = links
+    fe.feedssource.updated = max((m.stamp for m in cluster.members if m.source == lead.source), default=lead.stamp)
+    fe.updated(cluster.updated)
+    fe.published(lead.when)
+    authors = [
+        {"name": a.name or a.email or outlet.title, **({"email": a.email} if a.email else {}), **({"uri": a.uri} if a.uri else {})}
+        for a in lead.authors
+    ]
+    fe.author(authors or [{"name": outlet.title}])
+    body = entry_html(view, cluster)
+    if lead.content_html and lead.summary_html:
+        fe.summary(lead.summary_html, type="html")
+    if body:
+        fe.content(body, type="html")
+    for term in lead.categories:
+        fe.category(term=term)
+    fe.feedssource.info = outlet
+
+
+def render_atom(view: FeedView) -> bytes:
+    """The output as an Atom 1.0 document."""
+    return bytes(_generator(view).atom_str(pretty=True, encoding="UTF-8"))
+
+
+def render_rss(view: FeedView) -> bytes:
+    """The output as an RSS 2.0 document."""
+    return bytes(_generator(view).rss_str(pretty=True, encoding="UTF-8"))
+
+
+def render_json(view: FeedView) -> bytes:
+    """The output as a JSON Feed 1.1 document."""
+    items = []
+    for cluster in view.clusters:
+        lead = cluster.lead
+        outlet = view.outlet(lead)
+        item: dict[str, Any] = {
+            "id": cluster.atom_id,
+            "url": lead.link,
+            "title": lead.title,
+            "content_html": entry_html(view, cluster) or "",
+            "date_published": to_rfc3339(lead.when),
+            "date_modified": to_rfc3339(cluster.updated),
+            "authors": [{"name": a.name or a.email} for a in lead.authors if a.name or a.email] or [{"name": outlet.title}],
+            "_feeds": {
+                "source": {"name": outlet.name, "title": outlet.title, "feed_url": outlet.feed_url or None, "home_page_url": outlet.link},
+                "via": [{"source": view.outlet(o).title, "url": o.link} for o in cluster.others if o.link],
+            },
+        }
+        if lead.summary_html and lead.content_html:
+            item["summary"] = lead.summary_html
+        if lead.categories:
+            item["tags"] = list(lead.categories)
+        if lead.enclosures:
+            item["attachments"] = [
+                {"url": e.url, "mime_type": e.type or "application/octet-stream", **({"size_in_bytes": e.length} if e.length else {})}
+                for e in lead.enclosures
+            ]
+        items.append({k: v for k, v in item.items() if v is not None})
+    document = {
+        "version": "https://jsonfeed.org/version/1.1",
+        "title": view.output.title,
+        "home_page_url": view.home,
+        "feed_url": view.url("json"),
+        "description": view.output.description or f"{view.output.title}: merged by feeds",
+        "items": items,
+    }
+    return json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8") + b"\n"
+
+
+RENDERERS = {"atom": render_atom, "rss": render_rss, "json": render_json}
+
+
+def render_all(view: FeedView) -> dict[str, bytes]:
+    """Every format of one output, by file extension."""
+    return {fmt: render(view) for fmt, render in RENDERERS.items()}

@@ -1,0 +1,108 @@
+"""The daemon's clock: an APScheduler tick job polls due sources and republishes on change.
+
+The scheduler decides when, nothing else: due-ness lives in the store (SourceState.next_poll), so
+restarts keep each source's schedule and `feeds poll` shares the same path.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from types import FrameType
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from feeds.errors import FeedsError
+from feeds.fetch import Fetcher
+from feeds.models import PollOutcome, Settings
+from feeds.poll import poll_due
+from feeds.publish import publish_all
+from feeds.store import Store
+
+log = logging.getLogger(__name__)
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """The wall clock, aware UTC; the daemon's only clock."""
+    return datetime.now(UTC)
+
+
+class Daemon:
+    """Polls on schedule and publishes when anything changed, until stopped."""
+
+    def __init__(self, settings: Settings, store: Store, fetcher: Fetcher, *, clock: Clock = utc_now) -> None:
+        self.settings = settings
+        self.store = store
+        self.fetcher = fetcher
+        self.clock = clock
+        self.stopping = threading.Event()
+        self.last_tick: datetime | None = None
+        self.last_outcomes: list[PollOutcome] = []
+        self._scheduler = BackgroundScheduler(timezone=UTC)
+        self._lock = threading.Lock()
+
+    def tick(self) -> None:
+        """One cycle: poll what is due; publish if any story is new or changed. Never raises."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            now = self.clock()
+            outcomes = poll_due(self.settings, self.store, self.fetcher, now=now, stop=self.stopping)
+            self.last_tick, self.last_outcomes = now, outcomes
+            if any(o.new or o.updated for o in outcomes):
+                publish_all(self.settings, self.store, now=self.clock())
+        except FeedsError as exc:
+            log.error("tick-failed error=%s", exc)
+        except Exception:
+            log.exception("tick-crashed")
+        finally:
+            self._lock.release()
+
+    def start(self) -> None:
+        """Publish what the store holds, then start ticking in the background."""
+        publish_all(self.settings, self.store, now=self.clock())
+        self._scheduler.add_job(
+            self.tick,
+            "interval",
+            seconds=self.settings.tick.total_seconds(),
+            id="tick",
+            next_run_time=self.clock(),
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+        )
+        self._scheduler.start()
+        log.info(
+            "daemon-started sources=%d outputs=%d tick=%ss",
+            len(self.settings.sources),
+            len(self.settings.outputs),
+            self.settings.tick.total_seconds(),
+        )
+
+    def stop(self) -> None:
+        """Stop ticking; the source being processed finishes its transaction, the rest are abandoned."""
+        self.stopping.set()
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=True)
+        log.info("daemon-stopped")
+
+    def run_forever(self) -> None:
+        """Start, then block until SIGINT or SIGTERM, then stop cleanly."""
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("signal name=%s", signal.Signals(signum).name)
+            self.stopping.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.start()
+            while not self.stopping.wait(1.0):
+                pass
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

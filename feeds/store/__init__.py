@@ -1,0 +1,141 @@
+"""Storage behind one protocol: SQLite (embedded default) now, PostgreSQL later.
+
+The store saves decisions and never makes them: which cluster a story joins and which story
+leads it are decided in `dedupe`/`poll` and handed in. Imports no pipeline stage but models.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from feeds.dedupe import Candidate, Decision, Fingerprint, LeadInfo
+from feeds.errors import StoreError
+from feeds.models import Author, Cluster, Enclosure, SourceState, Story
+
+
+@dataclass(frozen=True, slots=True)
+class KnownStory:
+    """A stored story found by (source, guid), for idempotent re-polls and in-place edits."""
+
+    id: str
+    content_hash: str
+    first_seen: datetime
+    published: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredStory:
+    """A story with where it sits in the index, for `feeds clusters` and explain."""
+
+    story: Story
+    cluster_id: int
+    exact_cluster_id: int
+    decision: dict[str, Any]
+
+
+class PollTransaction(Protocol):
+    """Reads and writes for one source's poll, committed together or not at all."""
+
+    def known(self, source: str, guids: Sequence[str]) -> dict[str, KnownStory]: ...
+    def candidates(self, fp: Fingerprint, *, since: datetime) -> list[Candidate]: ...
+    def add_story(self, story: Story, fp: Fingerprint, decision: Decision) -> None: ...
+    def update_story(self, story_id: str, story: Story, fp: Fingerprint) -> None: ...
+    def add_guid(self, source: str, guid: str, story_id: str) -> None: ...
+    def lead(self, cluster_id: int) -> LeadInfo | None: ...
+    def set_lead(self, cluster_id: int, story_id: str) -> None: ...
+    def save_state(self, state: SourceState) -> None: ...
+
+
+class Store(Protocol):
+    """Everything the pipeline keeps: source states, stories, clusters, published outputs."""
+
+    def close(self) -> None: ...
+    def transaction(self) -> AbstractContextManager[PollTransaction]: ...
+    def states(self) -> dict[str, SourceState]: ...
+    def save_state(self, state: SourceState) -> None: ...
+    def delete_state(self, name: str) -> None: ...
+    def story_counts(self) -> dict[str, int]: ...
+    def clusters(self, sources: Iterable[str], *, exact: bool, limit: int) -> list[Cluster]: ...
+    def stored_stories(self, sources: Iterable[str] | None = None) -> Iterator[StoredStory]: ...
+    def output_digest(self, name: str) -> str | None: ...
+    def save_output(self, name: str, digest: str, *, now: datetime) -> None: ...
+
+
+def open_store(url: str, *, base: Path) -> Store:
+    """Open the store a `storage:` URL names; relative SQLite paths are relative to `base`."""
+    if url.startswith("sqlite:///"):
+        from feeds.store.sqlite import SQLiteStore
+
+        raw = url[len("sqlite:///") :]
+        path = Path(raw) if raw.startswith("/") else base / raw
+        return SQLiteStore(path)
+    raise StoreError(f"storage {url!r}: unsupported (use sqlite:///path/to/feeds.db)")
+
+
+# -- codecs shared by the SQL stores ---------------------------------------------------------
+
+
+def to_epoch(value: datetime | None) -> float | None:
+    """Aware datetime -> seconds since the epoch, for SQL columns."""
+    return value.timestamp() if value is not None else None
+
+
+def from_epoch(value: float | None) -> datetime | None:
+    """Seconds since the epoch -> aware UTC datetime."""
+    return datetime.fromtimestamp(value, UTC) if value is not None else None
+
+
+def state_to_json(state: SourceState) -> str:
+    """A SourceState as JSON text (datetimes as epoch seconds, durations as seconds)."""
+    data: dict[str, Any] = {}
+    for f in fields(state):
+        value = getattr(state, f.name)
+        if isinstance(value, datetime):
+            value = {"t": value.timestamp()}
+        elif isinstance(value, timedelta):
+            value = {"s": value.total_seconds()}
+        data[f.name] = value
+    return json.dumps(data, sort_keys=True)
+
+
+def state_from_json(text: str) -> SourceState:
+    """The inverse of state_to_json; unknown keys (from a newer version) are ignored."""
+    data = json.loads(text)
+    known = {f.name for f in fields(SourceState)}
+    values: dict[str, Any] = {}
+    for key, raw in data.items():
+        if key not in known:
+            continue
+        value = raw
+        if isinstance(raw, dict) and "t" in raw:
+            value = datetime.fromtimestamp(raw["t"], UTC)
+        elif isinstance(raw, dict) and "s" in raw:
+            value = timedelta(seconds=raw["s"])
+        values[key] = value
+    return SourceState(**values)
+
+
+def people_to_json(authors: Sequence[Author]) -> str:
+    """Authors as JSON text."""
+    return json.dumps([[a.name, a.email, a.uri] for a in authors])
+
+
+def people_from_json(text: str | None) -> tuple[Author, ...]:
+    """The inverse of people_to_json."""
+    return tuple(Author(*row) for row in json.loads(text or "[]"))
+
+
+def enclosures_to_json(enclosures: Sequence[Enclosure]) -> str:
+    """Enclosures as JSON text."""
+    return json.dumps([[e.url, e.type, e.length] for e in enclosures])
+
+
+def enclosures_from_json(text: str | None) -> tuple[Enclosure, ...]:
+    """The inverse of enclosures_to_json."""
+    return tuple(Enclosure(*row) for row in json.loads(text or "[]"))

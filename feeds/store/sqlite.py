@@ -1,0 +1,441 @@
+"""The SQLite store: WAL mode, numbered migrations on open, one IMMEDIATE transaction per poll.
+
+Several processes may share one SQLite file (a cron `feeds poll` beside `feeds run`): writers are
+serialized by SQLite's lock and wait up to `BUSY_TIMEOUT` seconds, then fail with a clear message.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import cast
+
+from feeds.dedupe import SCHEME_VERSION, Candidate, Decision, Fingerprint, LeadInfo
+from feeds.errors import StoreError
+from feeds.models import Cluster, SourceState, Story
+from feeds.normalize import stable_hash
+from feeds.store import (
+    KnownStory,
+    StoredStory,
+    enclosures_from_json,
+    enclosures_to_json,
+    from_epoch,
+    people_from_json,
+    people_to_json,
+    state_from_json,
+    state_to_json,
+    to_epoch,
+)
+
+BUSY_TIMEOUT = 30.0
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the first schema
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE sources (
+        name TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        next_poll REAL,
+        state TEXT NOT NULL
+    );
+    CREATE TABLE clusters (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('near', 'exact')),
+        atom_id TEXT NOT NULL UNIQUE,
+        lead TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE TABLE stories (
+        id TEXT PRIMARY KEY,
+        source TEXT NOT NULL,
+        guid TEXT NOT NULL,
+        title TEXT NOT NULL,
+        link TEXT,
+        canonical_url TEXT,
+        summary_html TEXT,
+        content_html TEXT,
+        authors TEXT NOT NULL DEFAULT '[]',
+        categories TEXT NOT NULL DEFAULT '[]',
+        enclosures TEXT NOT NULL DEFAULT '[]',
+        published REAL,
+        updated REAL,
+        first_seen REAL NOT NULL,
+        content_hash TEXT NOT NULL,
+        cluster_id INTEGER NOT NULL REFERENCES clusters(id),
+        exact_cluster_id INTEGER NOT NULL REFERENCES clusters(id),
+        words INTEGER NOT NULL DEFAULT 0,
+        shingles BLOB,
+        decision TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX stories_cluster ON stories(cluster_id);
+    CREATE INDEX stories_exact_cluster ON stories(exact_cluster_id);
+    CREATE INDEX stories_source_time ON stories(source, published);
+    CREATE TABLE guids (
+        source TEXT NOT NULL,
+        guid TEXT NOT NULL,
+        story_id TEXT NOT NULL REFERENCES stories(id),
+        PRIMARY KEY (source, guid)
+    );
+    CREATE TABLE story_keys (
+        key TEXT NOT NULL,
+        story_id TEXT NOT NULL REFERENCES stories(id),
+        PRIMARY KEY (key, story_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE story_bands (
+        band INTEGER NOT NULL,
+        first_seen REAL NOT NULL,
+        story_id TEXT NOT NULL REFERENCES stories(id),
+        PRIMARY KEY (band, first_seen, story_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE outputs (name TEXT PRIMARY KEY, digest TEXT NOT NULL, published REAL NOT NULL);
+    """,
+)
+
+
+def _pack(shingles: Sequence[int]) -> bytes:
+    return array("I", shingles).tobytes()
+
+
+def _unpack(blob: bytes | None) -> tuple[int, ...]:
+    if not blob:
+        return ()
+    values = array("I")
+    values.frombytes(blob)
+    return tuple(values)
+
+
+class SQLiteStore:
+    """A Store in one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        if not path.parent.is_dir():
+            raise StoreError(f"{path}: cannot open the database: directory {path.parent} does not exist")
+        try:
+            self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path}: cannot open the database: {exc}") from exc
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._db.close()
+
+    # -- schema -------------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise StoreError(f"{self.path}: schema version {version} is newer than this feeds ({len(MIGRATIONS)}); upgrade feeds")
+        for number in range(version + 1, len(MIGRATIONS) + 1):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                # executescript would commit the open transaction; run statements one by one instead.
+                for statement in MIGRATIONS[number - 1].split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version={number}")
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('dedupe_scheme', ?)", (str(SCHEME_VERSION),))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    @property
+    def schema_version(self) -> int:
+        """The migration the database is at."""
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreError(f"{self.path}: database is busy (another feeds process is writing): {exc}") from exc
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def transaction(self) -> Iterator[_Transaction]:
+        """One poll's reads and writes, committed together."""
+        with self._write() as db:
+            yield _Transaction(db)
+
+    # -- sources ------------------------------------------------------------------------------
+
+    def states(self) -> dict[str, SourceState]:
+        """Every stored source state by name."""
+        rows = self._db.execute("SELECT state FROM sources").fetchall()
+        return {s.name: s for s in (state_from_json(r["state"]) for r in rows)}
+
+    def save_state(self, state: SourceState) -> None:
+        """Save one source's state in its own transaction."""
+        with self._write() as db:
+            _save_state(db, state)
+
+    def delete_state(self, name: str) -> None:
+        """Forget a source's polling state (its stories stay)."""
+        with self._write() as db:
+            db.execute("DELETE FROM sources WHERE name = ?", (name,))
+
+    def story_counts(self) -> dict[str, int]:
+        """How many stories each source has stored."""
+        rows = self._db.execute("SELECT source, COUNT(*) AS n FROM stories GROUP BY source")
+        return {r["source"]: r["n"] for r in rows}
+
+    # -- outputs ------------------------------------------------------------------------------
+
+    def clusters(self, sources: Iterable[str], *, exact: bool, limit: int) -> list[Cluster]:
+        """The newest `limit` clusters with a story from `sources`; members limited to them."""
+        names = sorted(set(sources))
+        if not names or limit <= 0:
+            return []
+        column = "exact_cluster_id" if exact else "cluster_id"
+        marks = ",".join("?" * len(names))
+        ids = [
+            r[0]
+            for r in self._db.execute(
+                f"SELECT {column}, MIN(COALESCE(published, first_seen)) AS t FROM stories "
+                f"WHERE source IN ({marks}) GROUP BY {column} ORDER BY t DESC, {column} DESC LIMIT ?",
+                (*names, limit),
+            )
+        ]
+        if not ids:
+            return []
+        id_marks = ",".join("?" * len(ids))
+        members: dict[int, list[Story]] = {i: [] for i in ids}
+        for row in self._db.execute(
+            f"SELECT * FROM stories WHERE {column} IN ({id_marks}) AND source IN ({marks}) ORDER BY COALESCE(published, first_seen), id",
+            (*ids, *names),
+        ):
+            members[row[column]].append(_story(row))
+        heads = {
+            r["id"]: (r["atom_id"], r["lead"])
+            for r in self._db.execute(f"SELECT id, atom_id, lead FROM clusters WHERE id IN ({id_marks})", ids)
+        }
+        result = []
+        for cluster_id in ids:
+            stories = members[cluster_id]
+            atom_id, lead_id = heads[cluster_id]
+            lead = next((s for s in stories if s.id == lead_id), stories[0])
+            ordered = (lead, *(s for s in stories if s.id != lead.id))
+            result.append(Cluster(id=cluster_id, atom_id=atom_id, lead=lead, members=ordered))
+        return result
+
+    def stored_stories(self, sources: Iterable[str] | None = None) -> Iterator[StoredStory]:
+        """Every stored story with its clusters and the decision that placed it."""
+        query, params = "SELECT * FROM stories", cast(tuple[str, ...], ())
+        if sources is not None:
+            names = tuple(sorted(set(sources)))
+            query += f" WHERE source IN ({','.join('?' * len(names))})"
+            params = names
+        for row in self._db.execute(query + " ORDER BY COALESCE(published, first_seen) DESC, id", params):
+            yield StoredStory(_story(row), row["cluster_id"], row["exact_cluster_id"], json.loads(row["decision"]))
+
+    def output_digest(self, name: str) -> str | None:
+        """The digest of what was last published for an output."""
+        row = self._db.execute("SELECT digest FROM outputs WHERE name = ?", (name,)).fetchone()
+        return row["digest"] if row else None
+
+    def save_output(self, name: str, digest: str, *, now: datetime) -> None:
+        """Remember what was published for an output."""
+        with self._write() as db:
+            db.execute("INSERT OR REPLACE INTO outputs VALUES (?, ?, ?)", (name, digest, to_epoch(now)))
+
+
+def _save_state(db: sqlite3.Connection, state: SourceState) -> None:
+    db.execute(
+        "INSERT OR REPLACE INTO sources (name, status, next_poll, state) VALUES (?, ?, ?, ?)",
+        (state.name, state.status, to_epoch(state.next_poll), state_to_json(state)),
+    )
+
+
+def _story(row: sqlite3.Row) -> Story:
+    return Story(
+        source=row["source"],
+        guid=row["guid"],
+        id=row["id"],
+        title=row["title"],
+        link=row["link"],
+        canonical_url=row["canonical_url"],
+        first_seen=from_epoch(row["first_seen"]),  # type: ignore[arg-type]
+        published=from_epoch(row["published"]),
+        updated=from_epoch(row["updated"]),
+        summary_html=row["summary_html"],
+        content_html=row["content_html"],
+        authors=people_from_json(row["authors"]),
+        categories=tuple(json.loads(row["categories"])),
+        enclosures=enclosures_from_json(row["enclosures"]),
+        content_hash=row["content_hash"],
+    )
+
+
+class _Transaction:
+    """The PollTransaction of the SQLite store."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def known(self, source: str, guids: Sequence[str]) -> dict[str, KnownStory]:
+        found: dict[str, KnownStory] = {}
+        for start in range(0, len(guids), 500):
+            chunk = list(guids[start : start + 500])
+            rows = self.db.execute(
+                "SELECT g.guid, s.id, s.content_hash, s.first_seen, s.published FROM guids g "
+                f"JOIN stories s ON s.id = g.story_id WHERE g.source = ? AND g.guid IN ({','.join('?' * len(chunk))})",
+                (source, *chunk),
+            )
+            for r in rows:
+                found[r["guid"]] = KnownStory(r["id"], r["content_hash"], from_epoch(r["first_seen"]), from_epoch(r["published"]))  # type: ignore[arg-type]
+        return found
+
+    def candidates(self, fp: Fingerprint, *, since: datetime) -> list[Candidate]:
+        ids: set[str] = set()
+        if fp.keys:
+            rows = self.db.execute(f"SELECT story_id FROM story_keys WHERE key IN ({','.join('?' * len(fp.keys))})", fp.keys)
+            ids.update(r[0] for r in rows)
+        if fp.bands:
+            rows = self.db.execute(
+                f"SELECT DISTINCT story_id FROM story_bands WHERE band IN ({','.join('?' * len(fp.bands))}) AND first_seen >= ?",
+                (*fp.bands, to_epoch(since)),
+            )
+            ids.update(r[0] for r in rows)
+        ids.discard(fp.story_id)
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        keys: dict[str, list[str]] = {}
+        for r in self.db.execute(f"SELECT story_id, key FROM story_keys WHERE story_id IN ({marks})", tuple(ids)):
+            keys.setdefault(r[0], []).append(r[1])
+        return [
+            Candidate(
+                r["id"],
+                r["source"],
+                r["title"],
+                r["cluster_id"],
+                r["exact_cluster_id"],
+                tuple(keys.get(r["id"], ())),
+                _unpack(r["shingles"]),
+                r["words"],
+            )
+            for r in self.db.execute(
+                f"SELECT id, source, title, cluster_id, exact_cluster_id, shingles, words FROM stories WHERE id IN ({marks}) ORDER BY id",
+                tuple(ids),
+            )
+        ]
+
+    def _new_cluster(self, kind: str, story: Story) -> int:
+        atom_id = "urn:feeds:" + stable_hash(kind, story.id, size=16)
+        cursor = self.db.execute(
+            "INSERT INTO clusters (kind, atom_id, lead, created) VALUES (?, ?, ?, ?)",
+            (kind, atom_id, story.id, to_epoch(story.first_seen)),
+        )
+        return int(cursor.lastrowid or 0)
+
+    def add_story(self, story: Story, fp: Fingerprint, decision: Decision) -> None:
+        cluster_id = decision.cluster_id if decision.cluster_id is not None else self._new_cluster("near", story)
+        exact_id = decision.exact_cluster_id if decision.exact_cluster_id is not None else self._new_cluster("exact", story)
+        self.db.execute(
+            "INSERT INTO stories (id, source, guid, title, link, canonical_url, summary_html, content_html, authors,"
+            " categories, enclosures, published, updated, first_seen, content_hash, cluster_id, exact_cluster_id,"
+            " words, shingles, decision) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                story.id,
+                story.source,
+                story.guid,
+                story.title,
+                story.link,
+                story.canonical_url,
+                story.summary_html,
+                story.content_html,
+                people_to_json(story.authors),
+                json.dumps(list(story.categories)),
+                enclosures_to_json(story.enclosures),
+                to_epoch(story.published),
+                to_epoch(story.updated),
+                to_epoch(story.first_seen),
+                story.content_hash,
+                cluster_id,
+                exact_id,
+                fp.words,
+                _pack(fp.shingles),
+                json.dumps(asdict(decision)),
+            ),
+        )
+        self.add_guid(story.source, story.guid, story.id)
+        self._index(story.id, story.first_seen, fp)
+
+    def _index(self, story_id: str, first_seen: datetime, fp: Fingerprint) -> None:
+        self.db.executemany("INSERT OR IGNORE INTO story_keys VALUES (?, ?)", [(k, story_id) for k in fp.keys])
+        self.db.executemany("INSERT OR IGNORE INTO story_bands VALUES (?, ?, ?)", [(b, to_epoch(first_seen), story_id) for b in fp.bands])
+
+    def update_story(self, story_id: str, story: Story, fp: Fingerprint) -> None:
+        row = self.db.execute("SELECT first_seen, published, updated, content_hash FROM stories WHERE id = ?", (story_id,)).fetchone()
+        first_seen = from_epoch(row["first_seen"])
+        # A story without a date of its own keeps the one it was first given; an edit without an
+        # updated stamp of its own is stamped when we saw it; an unchanged text keeps its stamp.
+        published = story.published or from_epoch(row["published"])
+        edited = row["content_hash"] != story.content_hash
+        updated = story.updated or (story.first_seen if edited else from_epoch(row["updated"]))
+        self.db.execute(
+            "UPDATE stories SET guid = ?, title = ?, link = ?, canonical_url = ?, summary_html = ?, content_html = ?,"
+            " authors = ?, categories = ?, enclosures = ?, published = ?, updated = ?, content_hash = ?, words = ?,"
+            " shingles = ? WHERE id = ?",
+            (
+                story.guid,
+                story.title,
+                story.link,
+                story.canonical_url,
+                story.summary_html,
+                story.content_html,
+                people_to_json(story.authors),
+                json.dumps(list(story.categories)),
+                enclosures_to_json(story.enclosures),
+                to_epoch(published),
+                to_epoch(updated),
+                story.content_hash,
+                fp.words,
+                _pack(fp.shingles),
+                story_id,
+            ),
+        )
+        self.db.execute("DELETE FROM story_keys WHERE story_id = ?", (story_id,))
+        self.db.execute("DELETE FROM story_bands WHERE story_id = ?", (story_id,))
+        self._index(story_id, first_seen or story.first_seen, fp)
+
+    def add_guid(self, source: str, guid: str, story_id: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO guids VALUES (?, ?, ?)", (source, guid, story_id))
+
+    def lead(self, cluster_id: int) -> LeadInfo | None:
+        row = self.db.execute(
+            "SELECT s.id, s.source, s.words, COALESCE(s.published, s.first_seen) AS t FROM clusters c "
+            "JOIN stories s ON s.id = c.lead WHERE c.id = ?",
+            (cluster_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return LeadInfo(row["id"], row["source"], row["words"], from_epoch(row["t"]))  # type: ignore[arg-type]
+
+    def set_lead(self, cluster_id: int, story_id: str) -> None:
+        self.db.execute("UPDATE clusters SET lead = ? WHERE id = ?", (story_id, cluster_id))
+
+    def save_state(self, state: SourceState) -> None:
+        _save_state(self.db, state)

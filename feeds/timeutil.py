@@ -1,0 +1,106 @@
+"""Time conversions: aware UTC everywhere, HTTP dates, Retry-After, RFC 3339, durations.
+
+Pure: never reads the clock. Imports only the standard library.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+import time
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime, parsedate_to_datetime
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str | int | float) -> timedelta:
+    """`'90s'`, `'15m'`, `'2h'`, `'3d'`, `'1w'` or a number of seconds -> timedelta."""
+    if isinstance(text, bool):
+        raise ValueError(f"not a duration: {text!r}")
+    if isinstance(text, int | float):
+        return timedelta(seconds=float(text))
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"not a duration (use e.g. 90s, 15m, 2h, 3d): {text!r}")
+    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2) or "s"])
+
+
+def format_duration(delta: timedelta) -> str:
+    """A short human form: `15m`, `2h`, `1d6h`."""
+    seconds = int(delta.total_seconds())
+    if seconds <= 0:
+        return "0s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return "".join(parts[:2])
+
+
+def from_struct(value: time.struct_time | None) -> datetime | None:
+    """feedparser's `*_parsed` struct (always UTC) -> aware UTC datetime."""
+    if value is None:
+        return None
+    try:
+        return datetime.fromtimestamp(calendar.timegm(value), UTC)
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
+def parse_rfc3339(text: str | None) -> datetime | None:
+    """RFC 3339 / ISO 8601 text -> aware UTC datetime; naive values are taken as UTC."""
+    if not text or not isinstance(text, str):
+        return None
+    value = text.strip()
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def to_rfc3339(value: datetime) -> str:
+    """Aware datetime -> `2026-11-25T21:29:27Z`."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_http_date(text: str | None) -> datetime | None:
+    """An HTTP-date header value -> aware UTC datetime, or None if unreadable."""
+    if not text:
+        return None
+    try:
+        parsed = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def format_http_date(value: datetime) -> str:
+    """Aware datetime -> `Wed, 25 Nov 2026 21:29:27 GMT`."""
+    return format_datetime(value.astimezone(UTC), usegmt=True)
+
+
+def parse_retry_after(text: str | None, *, now: datetime) -> datetime | None:
+    """`Retry-After` (delta-seconds or HTTP-date) -> the instant before which we must not ask."""
+    if not text:
+        return None
+    text = text.strip()
+    if text.isdigit():
+        return now + timedelta(seconds=int(text))
+    return parse_http_date(text)
+
+
+def clamp(value: datetime | None, *, now: datetime) -> datetime | None:
+    """A stamp in the future is clamped to `now` (publishers' clocks and typos)."""
+    if value is None:
+        return None
+    return min(value, now)
