@@ -173,8 +173,7 @@ def load_settings(path: Path) -> Settings:
             loc = tuple(error["loc"])
             message = _message(error)
             problems.append((loc, message))
-    if model is not None:
-        problems.extend(_check(model, path.parent))
+    problems.extend(_check(data, path.parent))
     if problems:
         unique = dict.fromkeys(f"{display}:{_line(loc, lines)}: {_dotted(loc)}: {msg}" for loc, msg in problems)
         ordered = sorted(unique, key=lambda p: int(p[len(display) + 1 :].split(":", 1)[0]))
@@ -205,53 +204,86 @@ def _resolve_url(url: str, base: Path) -> str:
     return (path if path.is_absolute() else (base / path)).resolve().as_uri()
 
 
-def _check(model: _Config, base: Path) -> list[tuple[Path_, str]]:
+def _maybe_duration(value: Any, fallback: timedelta) -> timedelta | None:
+    if value is None:
+        return fallback
+    try:
+        return _duration(value)
+    except ValueError:
+        return None  # pydantic reports it
+
+
+def _check(data: dict[str, Any], base: Path) -> list[tuple[Path_, str]]:
+    """Checks across fields, on the raw data so they run even when some values have the wrong type."""
     problems: list[tuple[Path_, str]] = []
+    raw_defaults = data.get("defaults")
+    defaults = raw_defaults if isinstance(raw_defaults, dict) else {}
+    default_interval = _maybe_duration(defaults.get("interval"), timedelta(minutes=30)) or timedelta(minutes=30)
+    default_low = _maybe_duration(defaults.get("min_interval"), timedelta(minutes=5)) or timedelta(minutes=5)
+    default_high = _maybe_duration(defaults.get("max_interval"), timedelta(days=1)) or timedelta(days=1)
+    sources = data.get("sources") if isinstance(data.get("sources"), list) else []
     seen: dict[str, int] = {}
-    for i, src in enumerate(model.sources):
-        if src.name in seen:
-            problems.append((("sources", i, "name"), f"duplicate source name {src.name!r} (also sources[{seen[src.name]}])"))
-        seen.setdefault(src.name, i)
-        parts = urlsplit(src.url)
-        if parts.scheme in ("http", "https"):
-            if not parts.hostname:
-                problems.append((("sources", i, "url"), f"not a valid URL: {src.url!r}"))
-        elif parts.scheme and len(parts.scheme) > 1 and parts.scheme != "file":
-            problems.append((("sources", i, "url"), f"unsupported scheme {parts.scheme!r}: use http(s) or a file path"))
-        else:
-            local = Path(urlsplit(_resolve_url(src.url, base)).path)
-            if not local.is_file():
-                problems.append((("sources", i, "url"), f"no such file: {local}"))
-        interval = src.interval or model.defaults.interval
-        low = src.min_interval or model.defaults.min_interval
-        high = src.max_interval or model.defaults.max_interval
+    tags: set[str] = set()
+    for i, src in enumerate(sources or []):
+        if not isinstance(src, dict):
+            continue
+        name, url = src.get("name"), src.get("url")
+        if isinstance(name, str):
+            if name in seen:
+                problems.append((("sources", i, "name"), f"duplicate source name {name!r} (also sources[{seen[name]}])"))
+            seen.setdefault(name, i)
+        if isinstance(src.get("tags"), list):
+            tags.update(t for t in src["tags"] if isinstance(t, str))
+        if isinstance(url, str) and url:
+            problem = _check_url(url, base)
+            if problem:
+                problems.append((("sources", i, "url"), problem))
+        interval = _maybe_duration(src.get("interval"), default_interval)
+        low = _maybe_duration(src.get("min_interval"), default_low)
+        high = _maybe_duration(src.get("max_interval"), default_high)
         for key, value in (("interval", interval), ("min_interval", low)):
-            if value < MIN_INTERVAL_FLOOR:
-                problems.append(
-                    (("sources", i, key), f"must be at least {format_duration(MIN_INTERVAL_FLOOR)}, got {format_duration(value)!r}")
-                )
-        if not low <= high:
-            problems.append(
-                (("sources", i, "min_interval"), f"min_interval {format_duration(low)} is above max_interval {format_duration(high)}")
-            )
+            if value is not None and value < MIN_INTERVAL_FLOOR:
+                floor = format_duration(MIN_INTERVAL_FLOOR)
+                problems.append((("sources", i, key), f"must be at least {floor}, got {format_duration(value)!r}"))
+        if low is not None and high is not None and not low <= high:
+            low_text, high_text = format_duration(low), format_duration(high)
+            problems.append((("sources", i, "min_interval"), f"min_interval {low_text} is above max_interval {high_text}"))
+    outputs = data.get("outputs") if isinstance(data.get("outputs"), list) else []
     names: dict[str, int] = {}
-    tags = {t for s in model.sources for t in s.tags}
-    for i, out in enumerate(model.outputs):
-        if out.name in names:
-            problems.append((("outputs", i, "name"), f"duplicate output name {out.name!r} (also outputs[{names[out.name]}])"))
-        names.setdefault(out.name, i)
-        for j, name in enumerate(out.include.sources):
-            if name not in seen:
-                problems.append((("outputs", i, "include", "sources", j), f"no source named {name!r}"))
-        for j, tag in enumerate(out.include.tags):
-            if tag not in tags:
+    for i, out in enumerate(outputs or []):
+        if not isinstance(out, dict):
+            continue
+        name = out.get("name")
+        if isinstance(name, str):
+            if name in names:
+                problems.append((("outputs", i, "name"), f"duplicate output name {name!r} (also outputs[{names[name]}])"))
+            names.setdefault(name, i)
+        include: dict[str, Any] = out["include"] if isinstance(out.get("include"), dict) else {}
+        for j, ref in enumerate(include.get("sources") or [] if isinstance(include.get("sources"), list) else []):
+            if isinstance(ref, str) and ref not in seen:
+                problems.append((("outputs", i, "include", "sources", j), f"no source named {ref!r}"))
+        for j, tag in enumerate(include.get("tags") or [] if isinstance(include.get("tags"), list) else []):
+            if isinstance(tag, str) and tag not in tags:
                 problems.append((("outputs", i, "include", "tags", j), f"no source has the tag {tag!r}"))
-    base_url = urlsplit(model.base_url)
-    if base_url.scheme not in ("http", "https") or not base_url.hostname:
-        problems.append((("base_url",), f"must be an absolute http(s) URL, got {model.base_url!r}"))
-    if not re.match(r"^[a-z][a-z0-9+]*://", model.storage):
-        problems.append((("storage",), f"must be a URL such as sqlite:///feeds.db, got {model.storage!r}"))
+    base_url = data.get("base_url", "http://localhost:8080/")
+    if isinstance(base_url, str):
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problems.append((("base_url",), f"must be an absolute http(s) URL, got {base_url!r}"))
+    storage = data.get("storage", "sqlite:///feeds.db")
+    if isinstance(storage, str) and not re.match(r"^[a-z][a-z0-9+]*://", storage):
+        problems.append((("storage",), f"must be a URL such as sqlite:///feeds.db, got {storage!r}"))
     return problems
+
+
+def _check_url(url: str, base: Path) -> str | None:
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https"):
+        return None if parts.hostname else f"not a valid URL: {url!r}"
+    if len(parts.scheme) > 1 and parts.scheme != "file":  # one letter: a Windows drive
+        return f"unsupported scheme {parts.scheme!r}: use http(s) or a file path"
+    local = Path(urlsplit(_resolve_url(url, base)).path)
+    return None if local.is_file() else f"no such file: {local}"
 
 
 def _settings(model: _Config, path: Path) -> Settings:

@@ -52,7 +52,8 @@ _BOILERPLATE = re.compile(
     r"(get the latest updates|right on your browser|last updated|^updated\b|appeared first on|"
     r"subscribe|sign up|newsletter|advertisement|^advert\b|sponsored|all rights reserved|copyright|©|"
     r"^\(?c\)? ?\d{4}|read more|continue reading|click here|follow us|share this|related:|"
-    r"^photo:|^image:|^file photo|this story has been updated|this article originally appeared|"
+    r"^photo:|^image:|^file photo|this story has been updated|originally (appeared|published)|"
+    r"read the full (story|article)|full story at|"
     r"^(by|from|reporting by|written by|story by)\b)",
     re.IGNORECASE,
 )
@@ -61,10 +62,11 @@ _BLOCK = re.compile(
     r"<\s*(?:/?(?:p|div|li|h[1-6]|blockquote|tr|section|article|header|footer|figure|figcaption)\b[^>]*|br\s*/?)\s*>", re.IGNORECASE
 )
 _TAG = re.compile(r"<[^>]*>")
+_BLANK_LINE = re.compile(r"\n\s*\n")  # paragraphs of plain-text bodies
 # Datelines: "OSLO, Norway --", "OSLO —", "Oslo, Norway:", "LIMA, Peru (AP) —", "NEW YORK /PRNewswire/ --".
 _DATELINE = re.compile(
     r"^\s*(?P<place>[^\W\d_][\w.'’ -]{0,40}?(?:,\s*[^\W\d_][\w.'’ -]{0,30}?)?)\s*"
-    r"(?P<agency>\((?:ap|afp|reuters|upi|dpa|[a-z]{2,8})\)|/\s*[\w ]+\s*/)?\s*"
+    r"(?P<agency>\([^()]{1,40}\)|/\s*[\w ]+\s*/)?\s*"
     r"(?P<sep>--|—|–|:|-(?=\s))\s+",
     re.IGNORECASE,
 )
@@ -114,7 +116,7 @@ def paragraphs(fragment: str | None) -> list[str]:
     """HTML -> plain-text paragraphs, entities decoded, whitespace folded."""
     if not fragment:
         return []
-    parts = _BLOCK.split(fragment)
+    parts = [p for block in _BLOCK.split(fragment) for p in _BLANK_LINE.split(block)]
     out = []
     for part in parts:
         text = html.unescape(_TAG.sub(" ", part)).replace("\xa0", " ")
@@ -222,13 +224,16 @@ def assign(fp: Fingerprint, story: Story, candidates: Sequence[Candidate], setti
         )
     if not fp.shingles:
         return Decision(kind="new", reason=f"too short to compare ({fp.words} words); exact keys only")
-    best_score: tuple[float, float, Candidate] | None = None
+    # Rank by how far a candidate clears either threshold, so a truncated copy (low Jaccard, high
+    # containment) is not beaten by a candidate with a higher Jaccard that passes neither test.
+    best_score: tuple[float, float, float, Candidate] | None = None
     for candidate in candidates:
         jaccard, containment = similarity(fp.shingles, candidate.shingles)
-        if best_score is None or (jaccard, containment) > best_score[:2]:
-            best_score = (jaccard, containment, candidate)
+        strength = max(jaccard / settings.jaccard, containment / settings.containment)
+        if best_score is None or strength > best_score[0]:
+            best_score = (strength, jaccard, containment, candidate)
     if best_score is not None:
-        jaccard, containment, candidate = best_score
+        _, jaccard, containment, candidate = best_score
         if jaccard >= settings.jaccard or containment >= settings.containment:
             why = (
                 f"jaccard {jaccard:.2f} >= {settings.jaccard}"

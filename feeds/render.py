@@ -163,11 +163,10 @@ def _entry(fe: FeedEntry, view: FeedView, cluster: Cluster) -> None:
         for a in lead.authors
     ]
     fe.author(authors or [{"name": outlet.title}])
-    body = entry_html(view, cluster)
     if lead.content_html and lead.summary_html:
         fe.summary(lead.summary_html, type="html")
-    if body:
-        fe.content(body, type="html")
+    # Atom needs content or an alternate link; an entry with neither still gets its title as text.
+    fe.content(entry_html(view, cluster) or f"<p>{html.escape(lead.title)}</p>", type="html")
     for term in lead.categories:
         fe.category(term=term)
     fe.feedssource.info = outlet

@@ -1,0 +1,168 @@
+"""Deduplication: exact keys, near-duplicates on the labelled dev set, lead election, persistence."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+from feeds.dedupe import Candidate, LeadInfo, assign, better_lead, fingerprint, matching_text, similarity
+from feeds.models import DedupeSettings, Story
+from feeds.store.sqlite import SQLiteStore
+from scripts.dedup_eval import run_pipeline, score
+from tests.conftest import DATA, NOW, FeedServer, rss, run_feeds, settings_for
+from tests.test_poll import poll
+
+SETTINGS = DedupeSettings()
+BODY = (
+    "The Ashford Bay city council voted 7-2 on Tuesday to build a $48 million seawall along the northern waterfront, "
+    "where winter storms flooded more than 200 homes in each of the last three years. Construction is set to begin "
+    "next spring and to take about four years, with most of the money from a state resilience grant."
+)
+
+
+def story(sid: str, body: str, *, source: str = "a", title: str = "t", url: str | None = None) -> Story:
+    return Story(source=source, guid=sid, id=sid, title=title, link=url, canonical_url=url, first_seen=NOW, summary_html=body)
+
+
+def candidate(s: Story, cluster: int = 1) -> Candidate:
+    fp = fingerprint(s, SETTINGS)
+    return Candidate(s.id, s.source, s.title, cluster, cluster, fp.keys, fp.shingles, fp.words)
+
+
+def test_dev_set_precision_recall_and_no_hard_negative_merge(tmp_path: Path) -> None:
+    items = [json.loads(line) for line in (DATA / "dedup-dev" / "stories.jsonl").read_text().splitlines()]
+    result = score(items, run_pipeline(items, tmp_path))
+    # Measured: precision 1.0, recall 1.0 (targets: >= 0.99 and >= 0.95). Keep what we reached.
+    assert result.false_merges == []
+    assert result.precision == 1.0
+    assert result.recall == 1.0
+
+
+def test_matching_text_drops_boilerplate_bylines_and_datelines() -> None:
+    html = (
+        "<p><em>By Jane Roe, Wire Service</em></p><p>OSLO, Norway (AP) — The fjord ferry resumed service.</p>"
+        "<p>Get the latest updates as we post them — right on your browser.</p><p>Last Updated: 07/27/2016</p>"
+    )
+    assert matching_text(story("x", html)) == "the fjord ferry resumed service"
+    plain = "Last Updated: 08/16/2026\n\nThe library opened.\n\nRead the full story at Harbour Times."
+    assert matching_text(story("y", plain)) == "the library opened"
+
+
+def test_truncated_copy_with_new_headline_joins_by_containment() -> None:
+    full = story("full", f"<p>{BODY}</p><p>Residents filled the council chamber for the vote on Tuesday night.</p>")
+    lead_only = story("lead", "<p>ASHFORD BAY, Maine -- " + BODY.split(". ", maxsplit=1)[0] + ".</p>", source="b", title="Seawall OK'd")
+    decision = assign(fingerprint(lead_only, SETTINGS), lead_only, [candidate(full)], SETTINGS)
+    assert decision.kind == "near" and decision.cluster_id == 1 and decision.containment >= 0.8
+    assert "containment" in decision.reason
+
+
+def test_short_texts_merge_only_on_exact_keys() -> None:
+    short = story("s1", "<p>Council meets Tuesday.</p>")
+    other = story("s2", "<p>Council meets Tuesday.</p>", source="b")
+    assert fingerprint(short, SETTINGS).shingles == ()
+    decision = assign(fingerprint(other, SETTINGS), other, [candidate(short)], SETTINGS)
+    assert decision.kind == "new" and "too short" in decision.reason
+    same_url = replace(other, canonical_url="https://x.example/a", link="https://x.example/a")
+    first = replace(short, canonical_url="https://x.example/a", link="https://x.example/a")
+    assert assign(fingerprint(same_url, SETTINGS), same_url, [candidate(first)], SETTINGS).kind == "exact"
+
+
+def test_band_collision_without_similar_text_never_merges() -> None:
+    new = story("n", f"<p>{BODY}</p>")
+    unrelated = story("u", "<p>" + " ".join(f"word{i}" for i in range(60)) + "</p>")
+    forged = replace(candidate(unrelated), keys=())  # as if it had come back from a colliding band
+    decision = assign(fingerprint(new, SETTINGS), new, [forged], SETTINGS)
+    assert decision.kind == "new" and decision.jaccard == 0.0
+
+
+def test_other_scripts_neither_crash_nor_merge_by_accident() -> None:
+    texts = {
+        "zh": "<p>市议会周二以七票对两票通过了在北部海滨修建海堤的计划，过去三年冬季风暴每年淹没两百多所房屋。</p>",
+        "zh2": "<p>市议会周二否决了提高垃圾收费的提案，并将计划退回财政委员会重新审议，预计四月提交新方案。</p>",
+        "ar": "<p>صوت مجلس المدينة يوم الثلاثاء على بناء جدار بحري بقيمة ثمانية وأربعين مليون دولار على طول الواجهة البحرية الشمالية حيث غمرت العواصف الشتوية أكثر من مئتي منزل</p>",
+        "ru": "<p>Городской совет во вторник проголосовал за строительство морской дамбы стоимостью сорок восемь миллионов долларов вдоль северной набережной где зимние штормы затопили более двухсот домов</p>",
+        "ru2": "<p>Городской совет во вторник отклонил предложение о повышении платы за вывоз мусора и вернул план в финансовый комитет который представит новый вариант в апреле этого года</p>",
+    }
+    stories = {k: story(k, v, source=k) for k, v in texts.items()}
+    fps = {k: fingerprint(s, SETTINGS) for k, s in stories.items()}
+    for key, s in stories.items():
+        others = [candidate(o, i) for i, o in enumerate(stories.values()) if o.id != key]
+        assert assign(fps[key], s, others, SETTINGS).kind == "new", key
+    copy = story("ru-copy", texts["ru"] + "<p>Подписывайтесь на нашу рассылку</p>", source="other")
+    assert assign(fingerprint(copy, SETTINGS), copy, [candidate(stories["ru"], 9)], SETTINGS).cluster_id == 9
+
+
+def test_lead_rule_priority_then_full_text_then_earliest() -> None:
+    wire, blog = LeadInfo("w", "wire", 100, NOW), LeadInfo("b", "blog", 300, NOW - timedelta(hours=2))
+    assert better_lead(blog, wire, {"wire": 5})  # priority beats everything
+    assert not better_lead(wire, blog, {"wire": 5})
+    excerpt, full = LeadInfo("e", "x", 30, NOW - timedelta(hours=1)), LeadInfo("f", "y", 120, NOW)
+    assert better_lead(excerpt, full, {}) and not better_lead(full, excerpt, {})
+    later, earlier = LeadInfo("l", "x", 100, NOW), LeadInfo("r", "y", 95, NOW - timedelta(hours=1))
+    assert better_lead(later, earlier, {}) and not better_lead(earlier, later, {})
+    assert not better_lead(later, LeadInfo("s", "y", 100, NOW - timedelta(minutes=2)), {})  # not clearly better
+
+
+def test_atom_id_survives_lead_change_and_edits_stay_in_cluster(tmp_path: Path, server: FeedServer) -> None:
+    excerpt = {
+        "title": "Seawall approved",
+        "link": "https://b.example/1",
+        "guid": "b1",
+        "description": f"<p>{BODY.split('. ', maxsplit=1)[0]}.</p>",
+        "pubDate": "Tue, 24 Nov 2026 15:00:00 GMT",
+    }
+    full = {
+        "title": "Council backs seawall",
+        "link": "https://a.example/1",
+        "guid": "a1",
+        "description": f"<p>{BODY}</p>",
+        "pubDate": "Tue, 24 Nov 2026 14:00:00 GMT",
+    }
+    server.serve("/b", rss(excerpt, title="B"))
+    server.serve("/a", rss(title="A"))
+    settings = settings_for(tmp_path, [{"name": "a", "url": server.url("/a")}, {"name": "b", "url": server.url("/b")}])
+    poll(settings)
+    clusters = json.loads(run_feeds("clusters", "--json", "-c", str(settings.path)).stdout)
+    assert [c["title"] for c in clusters] == ["Seawall approved"]
+    atom_id = clusters[0]["id"]
+    server.serve("/a", rss(full, title="A"))
+    poll(settings, now=NOW + timedelta(hours=1))
+    clusters = json.loads(run_feeds("clusters", "--json", "-c", str(settings.path)).stdout)
+    assert len(clusters) == 1 and clusters[0]["id"] == atom_id
+    assert clusters[0]["title"] == "Council backs seawall"  # full text, earlier: clearly better
+    assert [s["source"] for s in clusters[0]["stories"]] == ["a", "b"]
+    server.serve(
+        "/b",
+        rss(
+            {
+                **excerpt,
+                "title": "Seawall approved (updated)",
+                "description": "<p>Now a different text entirely about other things happening in town today.</p>",
+            },
+            title="B",
+        ),
+    )
+    poll(settings, now=NOW + timedelta(hours=2))
+    clusters = json.loads(run_feeds("clusters", "--json", "-c", str(settings.path)).stdout)
+    assert len(clusters) == 1 and clusters[0]["id"] == atom_id and len(clusters[0]["stories"]) == 2
+    explained = run_feeds("clusters", "explain", clusters[0]["stories"][0]["id"], "-c", str(settings.path)).stdout
+    assert "joined cluster" in explained and "containment" in explained
+
+
+def test_index_is_persisted_and_window_limits_near_matches(tmp_path: Path) -> None:
+    db = SQLiteStore(tmp_path / "feeds.db")
+    original = story("o", f"<p>{BODY}</p>")
+    with db.transaction() as tx:
+        tx.add_story(original, fingerprint(original, SETTINGS), assign(fingerprint(original, SETTINGS), original, [], SETTINGS))
+    db.close()
+    reopened = SQLiteStore(tmp_path / "feeds.db")
+    copy = story("c", f"<p>WIRE -- {BODY} Officials said the first phase starts in March.</p>", source="b")
+    fp = fingerprint(copy, SETTINGS)
+    with reopened.transaction() as tx:
+        found = tx.candidates(fp, since=NOW - SETTINGS.window)
+        assert [c.story_id for c in found] == ["o"]
+        assert similarity(fp.shingles, found[0].shingles)[0] > 0.8
+        assert tx.candidates(fp, since=NOW + timedelta(days=1)) == []  # outside the window
+    reopened.close()

@@ -1,0 +1,140 @@
+"""End to end on SQLite: poll real HTTP sources, store, deduplicate exactly, publish, read back."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+
+import feedparser
+
+from feeds.fetch import Fetcher
+from feeds.models import Settings
+from feeds.poll import poll_due
+from feeds.publish import publish_all
+from feeds.store import open_store
+from feeds.store.sqlite import SQLiteStore
+from tests.conftest import NOW, FeedServer, rss, settings_for, story_item
+
+
+def poll(settings: Settings, *, now=NOW, force: bool = True):  # type: ignore[no-untyped-def]
+    store = open_store(settings.storage, base=settings.path.parent)
+    fetcher = Fetcher(settings.fetch)
+    try:
+        outcomes = {o.source: o for o in poll_due(settings, store, fetcher, now=now, force=force)}
+        publish_all(settings, store, now=now)
+        return outcomes, store.story_counts(), store.states()
+    finally:
+        fetcher.close()
+        store.close()
+
+
+def db_rows(settings: Settings, query: str) -> list[tuple]:  # type: ignore[type-arg]
+    with sqlite3.connect(settings.path.parent / "feeds.db") as db:
+        return db.execute(query).fetchall()
+
+
+def test_conditional_get_and_idempotent_polls(tmp_path: Path, server: FeedServer) -> None:
+    url = server.serve("/feed", rss(story_item(1), story_item(2)), etag='"v1"')
+    settings = settings_for(tmp_path, [{"name": "a", "url": url}])
+    outcomes, counts, _ = poll(settings)
+    assert outcomes["a"].status == "ok" and outcomes["a"].new == 2 and counts == {"a": 2}
+    atom = (tmp_path / "public" / "all.atom").read_bytes()
+    before = db_rows(settings, "SELECT * FROM stories ORDER BY id")
+    outcomes, counts, _ = poll(settings, now=NOW + timedelta(hours=1))
+    assert outcomes["a"].status == "not_modified" and counts == {"a": 2}
+    assert server.hits_for("/feed")[1].headers["if-none-match"] == '"v1"'
+    assert db_rows(settings, "SELECT * FROM stories ORDER BY id") == before
+    assert (tmp_path / "public" / "all.atom").read_bytes() == atom
+    # a server without validators sending the same bytes: fetched, not parsed, nothing new
+    server.serve("/feed", rss(story_item(1), story_item(2)))
+    outcomes, counts, _ = poll(settings, now=NOW + timedelta(hours=2))
+    outcomes, counts, _ = poll(settings, now=NOW + timedelta(hours=3))
+    assert outcomes["a"].status == "unchanged" and counts == {"a": 2}
+
+
+def test_edited_entry_is_updated_in_place(tmp_path: Path, server: FeedServer) -> None:
+    server.serve("/feed", rss(story_item(1)))
+    settings = settings_for(tmp_path, [{"name": "a", "url": server.url("/feed")}])
+    poll(settings)
+    edited = {**story_item(1), "title": "Story 1 (corrected)"}
+    server.serve("/feed", rss(edited))
+    outcomes, counts, _ = poll(settings, now=NOW + timedelta(hours=1))
+    assert outcomes["a"].updated == 1 and outcomes["a"].new == 0 and counts == {"a": 1}
+    parsed = feedparser.parse((tmp_path / "public" / "all.atom").read_bytes())
+    assert [e.title for e in parsed.entries] == ["Story 1 (corrected)"]
+    assert parsed.entries[0].updated.startswith("2026-11-25T13:00")  # the edit moved its stamp
+
+
+def test_same_canonical_url_across_sources_is_one_story(tmp_path: Path, server: FeedServer) -> None:
+    original = story_item(7)
+    copy = {
+        **original,
+        "guid": "copy-7",
+        "title": "Totally different headline",
+        "description": "<p>Short teaser.</p>",
+        "link": "http://WWW.news.example/story/7/?utm_source=rss&fbclid=abc#comments",
+    }
+    server.serve("/a", rss(original, title="Outlet A"))
+    server.serve("/b", rss(copy, story_item(8), title="Outlet B"))
+    settings = settings_for(tmp_path, [{"name": "a", "url": server.url("/a")}, {"name": "b", "url": server.url("/b")}])
+    poll(settings)
+    parsed = feedparser.parse((tmp_path / "public" / "all.atom").read_bytes())
+    assert not parsed.bozo
+    assert sorted(e.title for e in parsed.entries) == ["Story 7", "Story 8"]
+    merged = next(e for e in parsed.entries if e.title == "Story 7")
+    assert [lk.rel for lk in merged.links].count("via") == 1
+
+
+def test_bad_sources_are_recorded_and_others_unaffected(tmp_path: Path, server: FeedServer) -> None:
+    server.serve("/good", rss(story_item(1)))
+    server.serve(
+        "/html",
+        "<!DOCTYPE html><html><head><link rel=alternate type=application/rss+xml href=/rss></head><body>hi</body></html>",
+        content_type="text/html",
+    )
+    server.serve("/e500", "oops", status=500)
+    server.serve("/malformed", "<rss><channel><title>x</title><item><title>broken", content_type="application/xml")
+    server.serve("/big", b"<rss>" + b"x" * 300_000)
+    server.serve("/slow", rss(story_item(2)), delay=3)
+    sources = [{"name": n, "url": server.url(f"/{n}")} for n in ("good", "html", "e500", "malformed", "big", "slow")]
+    sources += [{"name": "missing", "url": server.url("/missing")}]
+    settings = settings_for(tmp_path, sources, extra="fetch: {max_wire_bytes: 100000, read_timeout: 1, connect_timeout: 1}")
+    outcomes, counts, states = poll(settings)
+    assert outcomes["good"].status == "ok" and counts["good"] == 1
+    expected = {
+        "html": "not a feed: got an HTML page; the page advertises a feed at " + server.url("/rss"),
+        "e500": "HTTP 500",
+        "big": "100000-byte cap",
+        "slow": "timed out",
+        "missing": "HTTP 404",
+    }
+    for name, message in expected.items():
+        assert outcomes[name].status == "failed", name
+        assert message in (states[name].error or ""), (name, states[name].error)
+        assert states[name].status == "failing" and states[name].failures == 1
+    # malformed XML is either a best-effort parse with a warning or a clear error, never a crash
+    assert outcomes["malformed"].status in ("ok", "failed")
+    parsed = feedparser.parse((tmp_path / "public" / "all.atom").read_bytes())
+    assert not parsed.bozo and "Story 1" in [e.title for e in parsed.entries]
+
+
+def test_store_survives_reopen_and_has_schema_version(tmp_path: Path, server: FeedServer) -> None:
+    server.serve("/feed", rss(story_item(1)))
+    settings = settings_for(tmp_path, [{"name": "a", "url": server.url("/feed")}])
+    poll(settings)
+    store = SQLiteStore(tmp_path / "feeds.db")
+    assert store.schema_version == 1
+    assert store.states()["a"].status == "ok"
+    assert db_rows(settings, "PRAGMA journal_mode") == [("wal",)]
+    store.close()
+
+
+def test_due_sources_are_not_polled_early(tmp_path: Path, server: FeedServer) -> None:
+    server.serve("/feed", rss(story_item(1)))
+    settings = settings_for(tmp_path, [{"name": "a", "url": server.url("/feed"), "interval": "1h"}])
+    poll(settings, force=False)
+    outcomes, _, states = poll(settings, now=NOW + timedelta(minutes=10), force=False)
+    assert outcomes == {} and len(server.hits_for("/feed")) == 1
+    outcomes, _, _ = poll(settings, now=states["a"].next_poll, force=False)  # type: ignore[arg-type]
+    assert "a" in outcomes and len(server.hits_for("/feed")) == 2

@@ -1,0 +1,141 @@
+"""Published outputs: valid Atom 1.0 (RFC 4287), RSS 2.0 and JSON Feed 1.1, read by real consumers;
+written atomically and only when their bytes change."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+
+import feedparser
+import pytest
+from lxml import etree
+from reader import make_reader
+
+from feeds.errors import PublishError
+from feeds.publish import write_atomic
+from tests.conftest import NOW, FeedServer, rss, run_feeds, settings_for, story_item, write_config
+from tests.test_poll import poll
+
+A = "{http://www.w3.org/2005/Atom}"
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
+
+
+@pytest.fixture
+def published(tmp_path: Path, server: FeedServer) -> Path:
+    wire = {**story_item(1), "description": "<p>" + "The wire story text about the harbour council vote. " * 5 + "</p>"}
+    copy = {
+        **wire,
+        "guid": "b-1",
+        "title": "Outlet B's take",
+        "link": "https://b.example/copy-of-1",
+        "pubDate": "Fri, 20 Nov 2026 03:00:00 GMT",
+    }
+    no_link = {"title": "No link, no text", "guid": "bare"}
+    server.serve("/a", rss(wire, story_item(2), title="Outlet A", link="https://a.example/"))
+    server.serve("/b", rss(copy, no_link, {**story_item(3), "author": "reporter@b.example (Rita Reporter)"}, title="Outlet B"))
+    settings = settings_for(
+        tmp_path,
+        [{"name": "a", "url": server.url("/a"), "tags": "[wire]"}, {"name": "b", "url": server.url("/b")}],
+        outputs="outputs:\n  - {name: all, title: Everything}\n  - {name: wire, title: Wire only, include: {tags: [wire]}}\n",
+    )
+    poll(settings)
+    return tmp_path / "public"
+
+
+def test_atom_satisfies_rfc4287(published: Path) -> None:
+    root = etree.fromstring((published / "all.atom").read_bytes())
+    assert root.tag == f"{A}feed"
+    for name in ("id", "title", "updated"):
+        assert len(root.findall(f"{A}{name}")) == 1, name
+    assert [lk.get("href") for lk in root.findall(f"{A}link") if lk.get("rel") == "self"] == ["http://feeds.test/all.atom"]
+    entries = root.findall(f"{A}entry")
+    assert len(entries) == 4  # 1+2 merged, 2, 3, the bare one
+    ids = [e.findtext(f"{A}id") for e in entries]
+    assert len(set(ids)) == len(ids)
+    newest = max(e.findtext(f"{A}updated") for e in entries)
+    assert root.findtext(f"{A}updated") == newest  # last updated = newest entry, not render time
+    for entry in entries:
+        for name in ("id", "title", "updated"):
+            assert len(entry.findall(f"{A}{name}")) == 1, name
+        assert entry.findall(f"{A}author/{A}name"), "every entry has an author"
+        assert entry.find(f"{A}content") is not None or entry.find(f"{A}link[@rel='alternate']") is not None
+        for stamp in entry.iter(f"{A}updated", f"{A}published"):
+            assert RFC3339.match(stamp.text or ""), stamp.text
+        source = entry.find(f"{A}source")
+        assert source is not None
+        for name in ("id", "title", "updated"):
+            assert source.findtext(f"{A}{name}"), name
+        assert source.find(f"{A}link[@rel='self']") is not None
+    merged = next(e for e in entries if e.findtext(f"{A}title") == "Story 1")
+    via = merged.findall(f"{A}link[@rel='via']")
+    assert [(v.get("href"), v.get("title")) for v in via] == [("https://b.example/copy-of-1", "Outlet B")]
+    assert "Also reported by" in (merged.findtext(f"{A}content") or "")
+
+
+def test_real_consumers_read_every_format(published: Path) -> None:
+    for fmt in ("atom", "rss"):
+        parsed = feedparser.parse((published / f"all.{fmt}").read_bytes())
+        assert not parsed.bozo, (fmt, parsed.get("bozo_exception"))
+        assert len(parsed.entries) == 4
+        assert len({e.id for e in parsed.entries}) == 4
+    data = json.loads((published / "all.json").read_text())
+    assert data["version"] == "https://jsonfeed.org/version/1.1" and data["feed_url"] == "http://feeds.test/all.json"
+    assert len(data["items"]) == 4 and all(item["id"] and "content_html" in item for item in data["items"])
+    merged = next(i for i in data["items"] if i["title"] == "Story 1")
+    assert merged["_feeds"]["via"] == [{"source": "Outlet B", "url": "https://b.example/copy-of-1"}]
+    wire = feedparser.parse((published / "wire.atom").read_bytes())
+    assert sorted(e.title for e in wire.entries) == ["Story 1", "Story 2"]
+
+
+def test_lemon24_reader_subscribes_over_http(published: Path, server: FeedServer, tmp_path: Path) -> None:
+    server.serve("/all.atom", (published / "all.atom").read_bytes(), content_type="application/atom+xml", etag='"x"')
+    subscriber = make_reader(str(tmp_path / "reader.sqlite"))
+    subscriber.add_feed(server.url("/all.atom"))
+    subscriber.update_feeds()
+    titles = sorted(e.title for e in subscriber.get_entries())
+    assert titles == ["No link, no text", "Story 1", "Story 2", "Story 3"]
+    subscriber.update_feed(server.url("/all.atom"))
+    hits = server.hits_for("/all.atom")
+    assert len(hits) == 2 and hits[1].headers.get("if-none-match") == '"x"'  # the second fetch is conditional
+    subscriber.close()
+
+
+def test_outputs_rewritten_only_when_bytes_change(tmp_path: Path, server: FeedServer) -> None:
+    server.serve("/a", rss(story_item(1)))
+    settings = settings_for(tmp_path, [{"name": "a", "url": server.url("/a")}])
+    poll(settings)
+    path = tmp_path / "public" / "all.atom"
+    os.utime(path, (1_000_000, 1_000_000))
+    poll(settings, now=NOW + timedelta(hours=1))
+    assert path.stat().st_mtime == 1_000_000
+    server.serve("/a", rss(story_item(1), story_item(2)))
+    poll(settings, now=NOW + timedelta(hours=2))
+    assert path.stat().st_mtime != 1_000_000
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_write_atomic_and_errors_that_name_the_path(tmp_path: Path) -> None:
+    target = tmp_path / "out.atom"
+    assert write_atomic(target, b"one") and not write_atomic(target, b"one") and target.read_bytes() == b"one"
+    assert oct(target.stat().st_mode & 0o777) == "0o644"
+    blocked = tmp_path / "blocked.atom"
+    blocked.mkdir()  # a directory where the output file should be: even root cannot replace it
+    with pytest.raises(PublishError, match=str(blocked)):
+        write_atomic(blocked, b"x")
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_unusable_publish_dir_and_database_get_one_line_errors(tmp_path: Path, server: FeedServer) -> None:
+    server.serve("/a", rss(story_item(1)))
+    (tmp_path / "afile").write_text("not a directory")
+    config = write_config(tmp_path, [{"name": "a", "url": server.url("/a")}], extra="publish_dir: afile/public")
+    config.write_text(config.read_text().replace("publish_dir: public\n", ""))
+    result = run_feeds("poll", "-c", str(config))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(f"feeds: {tmp_path / 'afile' / 'public'}: cannot create the publish directory")
+    config.write_text(config.read_text().replace("storage: sqlite:///feeds.db", "storage: sqlite:///no/such/dir/feeds.db"))
+    result = run_feeds("poll", "-c", str(config))
+    assert result.returncode == 2 and f"{tmp_path / 'no/such/dir/feeds.db'}: cannot open the database" in result.stderr
