@@ -1,0 +1,123 @@
+"""The command line as a user runs it: bundled config offline, exit codes, JSON output, the daemon."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import feedparser
+
+from tests.conftest import ROOT, FeedServer, rss, run_feeds, story_item, write_config
+
+
+def bundled_copy(tmp_path: Path) -> Path:
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    return tmp_path / "config" / "feeds.yaml"
+
+
+def test_bundled_config_polls_offline_and_publishes(tmp_path: Path) -> None:
+    config = bundled_copy(tmp_path)
+    result = run_feeds("poll", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    for fmt in ("atom", "rss", "json"):
+        assert (tmp_path / "public" / f"all.{fmt}").stat().st_size > 0
+    parsed = feedparser.parse((tmp_path / "public" / "all.atom").read_bytes())
+    assert not parsed.bozo and len(parsed.entries) == 5  # 7 sample stories; the wire story merged 3 ways
+    seawall = next(e for e in parsed.entries if "seawall" in e.title.lower())
+    assert len([lk for lk in seawall.links if lk.rel == "via"]) == 2
+    again = run_feeds("poll", "-c", str(config))
+    assert again.returncode == 0 and "no source is due" in again.stdout
+
+
+def test_python_dash_m_and_version() -> None:
+    result = subprocess.run([sys.executable, "-m", "feeds", "--version"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and result.stdout.startswith("feeds ")
+
+
+def test_exit_code_1_when_a_source_fails_and_status_shows_it(tmp_path: Path, server: FeedServer) -> None:
+    server.serve("/ok", rss(story_item(1)))
+    server.serve("/down", "gone fishing", status=503, headers={"Retry-After": "3600"})
+    config = write_config(tmp_path, [{"name": "ok", "url": server.url("/ok")}, {"name": "down", "url": server.url("/down")}])
+    result = run_feeds("poll", "--json", "-c", str(config))
+    assert result.returncode == 1
+    outcomes = {o["source"]: o for o in json.loads(result.stdout)["sources"]}
+    assert outcomes["ok"]["status"] == "ok" and outcomes["ok"]["new"] == 1
+    assert outcomes["down"]["status"] == "failed" and "HTTP 503" in outcomes["down"]["error"]
+    status = run_feeds("status", "--json", "-c", str(config))
+    assert status.returncode == 1
+    rows = {r["source"]: r for r in json.loads(status.stdout)}
+    assert rows["ok"]["stories"] == 1 and rows["ok"]["state"] == "ok"
+    assert rows["down"]["state"].startswith("retry-after until") and rows["down"]["failures"] == 1
+    assert rows["down"]["retry_after"] is not None and rows["down"]["failing_since"] is not None
+    # --force never overrides Retry-After
+    run_feeds("poll", "--force", "-c", str(config))
+    assert len(server.hits_for("/down")) == 1
+    table = run_feeds("status", "-c", str(config)).stdout
+    assert "retry-after until" in table and "error: HTTP 503" in table
+
+
+def test_clusters_json_shape(tmp_path: Path) -> None:
+    config = bundled_copy(tmp_path)
+    run_feeds("poll", "-c", str(config))
+    clusters = json.loads(run_feeds("clusters", "--json", "-c", str(config)).stdout)
+    assert all(set(c) == {"id", "title", "stories"} for c in clusters)
+    assert all(set(s) == {"source", "id", "link", "title", "published"} for c in clusters for s in c["stories"])
+    ids = [s["id"] for c in clusters for s in c["stories"]]
+    assert len(ids) == len(set(ids)) == 7
+    exact = json.loads(run_feeds("clusters", "--json", "--exact", "-c", str(config)).stdout)
+    assert len(exact) > len(clusters)
+
+
+def test_sources_reset_and_unknown_names(tmp_path: Path, server: FeedServer) -> None:
+    server.serve("/gone", "", status=410)
+    config = write_config(tmp_path, [{"name": "old", "url": server.url("/gone")}])
+    assert run_feeds("poll", "-c", str(config)).returncode == 1
+    rows = json.loads(run_feeds("status", "--json", "-c", str(config)).stdout)
+    assert rows[0]["status"] == "gone" and rows[0]["next_poll"] is None
+    run_feeds("poll", "--force", "-c", str(config))
+    assert len(server.hits_for("/gone")) == 1  # gone means gone, even with --force
+    assert run_feeds("sources", "reset", "nope", "-c", str(config)).returncode == 2
+    assert run_feeds("sources", "reset", "old", "-c", str(config)).returncode == 0
+    server.serve("/gone", rss(story_item(1)))
+    assert run_feeds("poll", "-c", str(config)).returncode == 0
+    assert len(server.hits_for("/gone")) == 2
+    assert run_feeds("poll", "nope", "-c", str(config)).returncode == 2
+    assert run_feeds("frobnicate").returncode == 2
+
+
+def wait_for(predicate, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_daemon_polls_on_schedule_publishes_changes_and_stops_cleanly(tmp_path: Path, server: FeedServer) -> None:
+    server.serve("/feed", rss(story_item(1)))
+    config = write_config(tmp_path, [{"name": "a", "url": server.url("/feed"), "interval": "1m", "min_interval": "1m"}], extra="tick: 1s")
+    atom = tmp_path / "public" / "all.atom"
+    process = subprocess.Popen([sys.executable, "-m", "feeds", "run", "-c", str(config)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: atom.exists() and b"Story 1" in atom.read_bytes())
+        assert len(server.hits_for("/feed")) == 1  # not due again for a minute
+        # a second process (cron) may poll the same store while the daemon runs
+        server.serve("/feed", rss(story_item(1), story_item(2)))
+        assert run_feeds("poll", "--force", "-c", str(config)).returncode == 0
+        assert b"Story 2" in atom.read_bytes()
+        # the daemon itself picks up a source made due, and republishes
+        server.serve("/feed", rss(story_item(1), story_item(2), story_item(3)))
+        assert run_feeds("sources", "reset", "a", "-c", str(config)).returncode == 0
+        assert wait_for(lambda: b"Story 3" in atom.read_bytes())
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert "daemon-started" in stderr and "daemon-stopped" in stderr
+    assert not feedparser.parse(atom.read_bytes()).bozo
