@@ -199,8 +199,7 @@ class Fetcher:
         encoding = response.headers.get("content-encoding", "").strip().lower()
         inflater = zlib.decompressobj(zlib.MAX_WBITS | 32) if encoding in ("gzip", "x-gzip", "deflate") else None
         wire = 0
-        parts: list[bytes] = []
-        size = 0
+        body = bytearray()
         raw = response.raw
         while True:
             if time.monotonic() > deadline:
@@ -213,20 +212,17 @@ class Fetcher:
                 raise CapExceededError(f"response is over the {settings.max_wire_bytes}-byte cap")
             if inflater is not None:
                 # max_length bounds memory even for a gzip bomb: we never inflate past the cap + 1.
-                chunk = inflater.decompress(chunk, settings.max_body_bytes - size + 1)
+                chunk = inflater.decompress(chunk, settings.max_body_bytes - len(body) + 1)
                 if inflater.unconsumed_tail:
                     raise CapExceededError(f"decompressed body is over the {settings.max_body_bytes}-byte cap")
-            size += len(chunk)
-            if size > settings.max_body_bytes:
+            body += chunk
+            if len(body) > settings.max_body_bytes:
                 raise CapExceededError(f"decompressed body is over the {settings.max_body_bytes}-byte cap")
-            parts.append(chunk)
         if inflater is not None:
-            tail = inflater.flush()
-            size += len(tail)
-            if size > settings.max_body_bytes:
+            body += inflater.flush()
+            if len(body) > settings.max_body_bytes:
                 raise CapExceededError(f"decompressed body is over the {settings.max_body_bytes}-byte cap")
-            parts.append(tail)
-        return b"".join(parts)
+        return bytes(body)
 
     @staticmethod
     def _error(url: str, final: str, message: str, started: float) -> FetchResult:

@@ -27,6 +27,9 @@ _INDEX = re.compile(r"/index\.(html?|php|aspx?|jsp)$", re.IGNORECASE)
 _TAG = re.compile(r"<[^>]*>")
 _SPACE = re.compile(r"\s+")
 _SAFE_SCHEMES = {"http", "https", "mailto"}
+_IMG = re.compile(r"<img\b[^>]*>", re.IGNORECASE)
+_WIDTH = re.compile(r"\bwidth\s*=\s*[\"']?\s*(\d+)", re.IGNORECASE)
+_HEIGHT = re.compile(r"\bheight\s*=\s*[\"']?\s*(\d+)", re.IGNORECASE)
 _URL_ATTRIBUTES = {"href", "src", "cite", "longdesc"}
 
 
@@ -80,10 +83,16 @@ def plain_text(fragment: str | None) -> str:
     return _SPACE.sub(" ", text).strip()
 
 
+def _drop_pixel(match: re.Match[str]) -> str:
+    tag = match.group(0)
+    width, height = _WIDTH.search(tag), _HEIGHT.search(tag)
+    return "" if width and height and int(width.group(1)) <= 1 and int(height.group(1)) <= 1 else tag
+
+
 def sanitize_html(fragment: str | None, *, base: str | None) -> str | None:
     """Untrusted HTML -> safe HTML: no script, style, event handlers or javascript:/data: URLs.
 
-    Relative links and image sources are made absolute against `base`.
+    Relative links and image sources are made absolute against `base`; 1x1 tracking pixels go.
     """
     if not fragment or not fragment.strip():
         return None
@@ -98,7 +107,7 @@ def sanitize_html(fragment: str | None, *, base: str | None) -> str | None:
         return target
 
     cleaned = nh3.clean(
-        fragment[:MAX_HTML],
+        _IMG.sub(_drop_pixel, fragment[:MAX_HTML]),
         clean_content_tags={
             "script",
             "style",

@@ -25,6 +25,8 @@ from feeds.timeutil import from_struct, parse_rfc3339
 _JSONFEED_PREFIX = "https://jsonfeed.org/version/"
 _SY_PERIODS = {"hourly": 3600, "daily": 86400, "weekly": 604800, "monthly": 2592000, "yearly": 31536000}
 _HTML_START = re.compile(rb"^\s*(<!--.*?-->\s*)*(<!doctype\s+html|<html)", re.IGNORECASE | re.DOTALL)
+# An internal DTD subset that declares entities: the billion-laughs and external-entity vectors.
+_ENTITY_SUBSET = re.compile(rb"<!DOCTYPE\s+([\w:.-]+)[^\[>]*\[(?:(?!\]\s*>).)*?<!ENTITY.*?\]\s*>", re.IGNORECASE | re.DOTALL)
 _FEED_TYPES = ("application/rss+xml", "application/atom+xml", "application/feed+json", "application/json")
 
 
@@ -61,7 +63,21 @@ def _join(first: str | None, second: str) -> str:
     return f"{first}; {second}" if first else second
 
 
+def neutralize_entities(body: bytes) -> tuple[bytes, bool]:
+    """Drop a DTD internal subset that declares entities (entity expansion and external entities).
+
+    Real feeds do not need it; attackers do. Expat would stop the expansion too, but only after
+    seconds and tens of megabytes; this keeps time and memory bounded by the body's size.
+    """
+    head = body[:65536]
+    match = _ENTITY_SUBSET.search(head)
+    if not match:
+        return body, False
+    return body[: match.start()] + b"<!DOCTYPE " + match.group(1) + b">" + body[match.end() :], True
+
+
 def _parse_xml_feed(source: str, body: bytes, headers: Mapping[str, str], *, url: str) -> ParsedFeed:
+    body, neutralized = neutralize_entities(body)
     response_headers = {"content-location": url, **{k.lower(): v for k, v in headers.items()}}
     response_headers.setdefault("content-type", "application/xml")
     # feedparser already cleans; we sanitize again with nh3 in normalize, after resolving links.
@@ -73,6 +89,8 @@ def _parse_xml_feed(source: str, body: bytes, headers: Mapping[str, str], *, url
     warning = None
     if result.get("bozo"):
         warning = f"malformed feed: {_describe(result.get('bozo_exception'))}"
+    if neutralized:
+        warning = _join(warning, "DTD entity declarations ignored")
     if not version and not entries:
         if _HTML_START.match(body) or b"<html" in body[:2048].lower():
             advertised = discover_feeds(body, url)

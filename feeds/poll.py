@@ -58,6 +58,8 @@ def poll_due(
             log.info("poll-abandoned source=%s reason=shutdown", state.name)
             continue
         outcomes.append(process_result(settings, store, sources[state.name], state, result, now=now))
+    if any(o.new for o in outcomes):
+        store.prune_index(before=now - settings.dedupe.window)
     return outcomes
 
 

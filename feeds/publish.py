@@ -64,6 +64,19 @@ def write_atomic(path: Path, data: bytes) -> bool:
     return True
 
 
+STALE_TEMP = 600.0  # seconds; younger temp files may belong to a publisher still writing
+
+
+def remove_stale_temp_files(directory: Path, *, now: datetime) -> None:
+    """Remove temporary files that a killed writer left behind (never a live writer's)."""
+    for path in directory.glob(".*.tmp"):
+        try:
+            if now.timestamp() - path.stat().st_mtime > STALE_TEMP:
+                path.unlink()
+        except OSError:
+            pass
+
+
 def publish_all(settings: Settings, store: Store, *, now: datetime) -> list[str]:
     """Render every output and write the files that changed; return the paths written."""
     directory = settings.publish_dir
@@ -71,6 +84,7 @@ def publish_all(settings: Settings, store: Store, *, now: datetime) -> list[str]
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise PublishError(f"{directory}: cannot create the publish directory: {exc.strerror}") from exc
+    remove_stale_temp_files(directory, now=now)
     infos = source_infos(settings, store)
     written = []
     for output in settings.outputs:

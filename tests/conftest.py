@@ -97,10 +97,13 @@ class FeedServer:
                 if route.etag:
                     headers.setdefault("ETag", route.etag)
                 for name, value in headers.items():
-                    self.send_header(name, value)
+                    if value != "":  # an empty value means: do not send this header
+                        self.send_header(name, value)
                 if "Content-Length" not in headers:
                     self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                if headers.get("Connection") == "close":
+                    self.close_connection = True
                 try:
                     if route.trickle:
                         for i in range(len(body)):

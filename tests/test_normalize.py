@@ -62,6 +62,13 @@ def test_sanitize_removes_everything_executable(payload: str) -> None:
     assert "<p>ok</p>" in cleaned
 
 
+def test_tracking_pixels_are_dropped_real_images_kept() -> None:
+    html = '<p>hi<img src="https://t.example/p.gif" width="1" height="1"><IMG SRC=x.gif HEIGHT=0 WIDTH=0><img src="a.png" width=600 height=400></p>'
+    cleaned = sanitize_html(html, base="https://b.example/") or ""
+    assert "t.example" not in cleaned and "x.gif" not in cleaned
+    assert 'src="https://b.example/a.png"' in cleaned
+
+
 def test_sanitize_makes_links_absolute_and_safe() -> None:
     cleaned = sanitize_html('<a href="/about">about</a> <img src="pic.jpg" alt="p">', base="https://blog.example/posts/1") or ""
     assert 'href="https://blog.example/about"' in cleaned

@@ -128,6 +128,21 @@ def test_write_atomic_and_errors_that_name_the_path(tmp_path: Path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_stale_temp_files_of_killed_writers_are_removed(tmp_path: Path, server: FeedServer) -> None:
+    server.serve("/a", rss(story_item(1)))
+    settings = settings_for(tmp_path, [{"name": "a", "url": server.url("/a")}])
+    public = tmp_path / "public"
+    public.mkdir()
+    stale, fresh = public / ".all.atom.old.tmp", public / ".all.atom.new.tmp"
+    for path in (stale, fresh):
+        path.write_bytes(b"<feed")
+    old = NOW.timestamp() - 3600
+    os.utime(stale, (old, old))
+    os.utime(fresh, (NOW.timestamp(), NOW.timestamp()))
+    poll(settings)
+    assert not stale.exists() and fresh.exists()
+
+
 def test_unusable_publish_dir_and_database_get_one_line_errors(tmp_path: Path, server: FeedServer) -> None:
     server.serve("/a", rss(story_item(1)))
     (tmp_path / "afile").write_text("not a directory")

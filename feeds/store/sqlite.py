@@ -54,7 +54,8 @@ MIGRATIONS: tuple[str, ...] = (
         created REAL NOT NULL
     );
     CREATE TABLE stories (
-        id TEXT PRIMARY KEY,
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
         source TEXT NOT NULL,
         guid TEXT NOT NULL,
         title TEXT NOT NULL,
@@ -89,12 +90,14 @@ MIGRATIONS: tuple[str, ...] = (
         story_id TEXT NOT NULL REFERENCES stories(id),
         PRIMARY KEY (key, story_id)
     ) WITHOUT ROWID;
+    CREATE INDEX story_keys_story ON story_keys(story_id);
     CREATE TABLE story_bands (
         band INTEGER NOT NULL,
         first_seen REAL NOT NULL,
-        story_id TEXT NOT NULL REFERENCES stories(id),
-        PRIMARY KEY (band, first_seen, story_id)
+        seq INTEGER NOT NULL REFERENCES stories(seq),
+        PRIMARY KEY (band, first_seen, seq)
     ) WITHOUT ROWID;
+    CREATE INDEX story_bands_seq ON story_bands(seq);
     CREATE TABLE outputs (name TEXT PRIMARY KEY, digest TEXT NOT NULL, published REAL NOT NULL);
     """,
 )
@@ -250,6 +253,12 @@ class SQLiteStore:
         for row in self._db.execute(query + " ORDER BY COALESCE(published, first_seen) DESC, id", params):
             yield StoredStory(_story(row), row["cluster_id"], row["exact_cluster_id"], json.loads(row["decision"]))
 
+    def prune_index(self, *, before: datetime) -> int:
+        """Drop near-duplicate band rows of stories first seen before `before` (outside every
+        dedupe window): lookups never use them, and the index stays as large as the window."""
+        with self._write() as db:
+            return db.execute("DELETE FROM story_bands WHERE first_seen < ?", (to_epoch(before),)).rowcount
+
     def output_digest(self, name: str) -> str | None:
         """The digest of what was last published for an output."""
         row = self._db.execute("SELECT digest FROM outputs WHERE name = ?", (name,)).fetchone()
@@ -314,7 +323,8 @@ class _Transaction:
             ids.update(r[0] for r in rows)
         if fp.bands:
             rows = self.db.execute(
-                f"SELECT DISTINCT story_id FROM story_bands WHERE band IN ({','.join('?' * len(fp.bands))}) AND first_seen >= ?",
+                f"SELECT s.id FROM stories s WHERE s.seq IN (SELECT seq FROM story_bands "
+                f"WHERE band IN ({','.join('?' * len(fp.bands))}) AND first_seen >= ?)",
                 (*fp.bands, to_epoch(since)),
             )
             ids.update(r[0] for r in rows)
@@ -385,7 +395,8 @@ class _Transaction:
 
     def _index(self, story_id: str, first_seen: datetime, fp: Fingerprint) -> None:
         self.db.executemany("INSERT OR IGNORE INTO story_keys VALUES (?, ?)", [(k, story_id) for k in fp.keys])
-        self.db.executemany("INSERT OR IGNORE INTO story_bands VALUES (?, ?, ?)", [(b, to_epoch(first_seen), story_id) for b in fp.bands])
+        seq = self.db.execute("SELECT seq FROM stories WHERE id = ?", (story_id,)).fetchone()[0]
+        self.db.executemany("INSERT OR IGNORE INTO story_bands VALUES (?, ?, ?)", [(b, to_epoch(first_seen), seq) for b in fp.bands])
 
     def update_story(self, story_id: str, story: Story, fp: Fingerprint) -> None:
         row = self.db.execute("SELECT first_seen, published, updated, content_hash FROM stories WHERE id = ?", (story_id,)).fetchone()
@@ -418,7 +429,7 @@ class _Transaction:
             ),
         )
         self.db.execute("DELETE FROM story_keys WHERE story_id = ?", (story_id,))
-        self.db.execute("DELETE FROM story_bands WHERE story_id = ?", (story_id,))
+        self.db.execute("DELETE FROM story_bands WHERE seq = (SELECT seq FROM stories WHERE id = ?)", (story_id,))
         self._index(story_id, first_seen or story.first_seen, fp)
 
     def add_guid(self, source: str, guid: str, story_id: str) -> None:
