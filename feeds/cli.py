@@ -10,22 +10,27 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from starlette.routing import Route
 
 from feeds import __version__
 from feeds.config import DEFAULT_PATH, load_settings
 from feeds.errors import ConfigError, FeedsError
 from feeds.fetch import Fetcher
+from feeds.metrics import StoreCollector, exposition
 from feeds.models import PollOutcome, Settings, SourceState
 from feeds.policy import initial_state, reconcile
 from feeds.poll import poll_due
 from feeds.publish import publish_all
 from feeds.scheduler import Daemon, utc_now
+from feeds.server import HealthCheck, create_app, make_server
 from feeds.store import Store, open_store
 from feeds.timeutil import format_duration, to_rfc3339
+from feeds.websub import Subscriber, output_urls, ping_hub
 
 log = logging.getLogger("feeds")
 OK, FAILED, USAGE = 0, 1, 2
@@ -41,7 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-q", "--quiet", action="store_true", help="only errors in the log")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
 
-    verbs.add_parser("run", parents=[common], help="the daemon: poll each source on schedule, republish on change")
+    run = verbs.add_parser("run", parents=[common], help="the daemon: poll on schedule, republish on change, serve over HTTP")
+    run.add_argument("--host", help="address to serve on (default: server.host, 127.0.0.1)")
+    run.add_argument("--port", type=int, help="port to serve on (default: server.port, 8080)")
+    run.add_argument("--no-serve", action="store_true", help="poll and publish only; serve nothing")
+    serve = verbs.add_parser("serve", parents=[common], help="serve the published files only (for cron setups)")
+    serve.add_argument("--host", help="address to serve on (default: server.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to serve on (default: server.port, 8080)")
     poll = verbs.add_parser("poll", parents=[common], help="poll every due source once, publish, exit (for cron)")
     poll.add_argument("--force", action="store_true", help="also poll sources not yet due (never inside a Retry-After window)")
     poll.add_argument("--json", action="store_true", help="print the outcomes as JSON")
@@ -101,10 +112,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int:
     if args.verb == "run":
         fetcher = Fetcher(settings.fetch)
+        announce = _announcer(settings, fetcher)
+        subscriber = None
+        if settings.websub.public_url and not args.no_serve:
+            subscriber = Subscriber(
+                settings,
+                _store_opener(settings),
+                fetcher.session,
+                clock=utc_now,
+                on_change=lambda s: announce(publish_all(settings, s, now=utc_now())),
+            )
+        subscribe = (lambda s, now: subscriber.subscribe_due(s, now=now)) if subscriber else None
+        daemon = Daemon(settings, store, fetcher, announce=announce, subscribe=subscribe)
         try:
-            Daemon(settings, store, fetcher).run_forever()
+            if args.no_serve:
+                daemon.run_forever()
+            else:
+                daemon.start()
+                _serve(args, settings, health=daemon.health, routes=subscriber.routes() if subscriber else [])
         finally:
+            daemon.stop()
             fetcher.close()
+        return OK
+    if args.verb == "serve":
+        _serve(args, settings, health=lambda: _files_health(settings))
         return OK
     if args.verb == "poll":
         unknown = [n for n in args.names if settings.source(n) is None]
@@ -115,12 +146,19 @@ def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int
         try:
             outcomes = poll_due(settings, store, fetcher, now=utc_now(), force=args.force, names=args.names)
         finally:
-            fetcher.close()
+            fetcher.close()  # the session can still send a hub ping after this
         written = publish_all(settings, store, now=utc_now())
+        _announcer(settings, fetcher)(written)
         _print_outcomes(outcomes, written, as_json=args.json)
         return FAILED if any(o.status in ("failed", "gone") for o in outcomes) else OK
     if args.verb == "publish":
-        for path in publish_all(settings, store, now=utc_now()):
+        written = publish_all(settings, store, now=utc_now())
+        fetcher = Fetcher(settings.fetch)
+        try:
+            _announcer(settings, fetcher)(written)
+        finally:
+            fetcher.close()
+        for path in written:
             print(f"wrote {path}")
         return OK
     if args.verb == "status":
@@ -141,6 +179,46 @@ def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int
             print(f"reset {name}: it will be polled on the next cycle")
         return OK
     raise AssertionError(args.verb)
+
+
+def _store_opener(settings: Settings) -> Callable[[], Store]:
+    """Opens a store connection of its own (for server threads)."""
+    base = settings.path.parent.resolve()
+    return lambda: open_store(settings.storage, base=base)
+
+
+def _announcer(settings: Settings, fetcher: Fetcher) -> Callable[[list[str]], None]:
+    """Pings the configured WebSub hub with the URLs of written outputs."""
+
+    def announce(written: list[str]) -> None:
+        if settings.websub.hub and written:
+            ping_hub(fetcher.session, settings.websub.hub, output_urls(settings, written))
+
+    return announce
+
+
+def _serve(args: argparse.Namespace, settings: Settings, *, health: HealthCheck, routes: list[Route] | None = None) -> None:
+    """Serve the app until SIGINT/SIGTERM."""
+    host = args.host or settings.server.host
+    port = settings.server.port if args.port is None else args.port
+    scoped_store = _store_opener(settings)
+
+    def states() -> dict[str, SourceState]:
+        store = scoped_store()
+        try:
+            return store.states()
+        finally:
+            store.close()
+
+    collector = StoreCollector(scoped_store, utc_now)
+    app = create_app(settings, health=health, metrics=lambda: exposition(collector), states=states, websub_routes=routes)
+    log.warning("serving url=http://%s:%d/ publish_dir=%s", host, port, settings.publish_dir)
+    make_server(app, host=host, port=port).run()
+
+
+def _files_health(settings: Settings) -> tuple[bool, dict[str, Any]]:
+    missing = [o.name for o in settings.outputs if not (settings.publish_dir / f"{o.name}.atom").is_file()]
+    return not missing, {"publish_dir": str(settings.publish_dir), "missing_outputs": missing}
 
 
 def _print_outcomes(outcomes: list[PollOutcome], written: list[str], *, as_json: bool) -> None:

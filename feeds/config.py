@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from feeds.errors import ConfigError
-from feeds.models import DedupeSettings, FetchSettings, OutputSpec, Settings, Source
+from feeds.models import DedupeSettings, FetchSettings, OutputSpec, ServerSettings, Settings, Source, WebSubSettings
 from feeds.timeutil import format_duration, parse_duration
 
 DEFAULT_PATH = Path("config/feeds.yaml")
@@ -59,6 +59,7 @@ class _Source(_Model):
     min_interval: Duration | None = None
     max_interval: Duration | None = None
     priority: int = 0
+    websub: bool = False
 
 
 class _Include(_Model):
@@ -94,6 +95,18 @@ class _Dedupe(_Model):
     min_words: Annotated[int, Field(ge=3, le=1000)] = 15
 
 
+class _Server(_Model):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    cache_max_age: Annotated[int, Field(ge=0, le=86400)] = 300
+
+
+class _WebSub(_Model):
+    hub: str | None = None
+    public_url: str | None = None
+    lease: Duration = timedelta(days=5)
+
+
 class _Config(_Model):
     storage: str = "sqlite:///feeds.db"
     publish_dir: str = "public"
@@ -102,6 +115,8 @@ class _Config(_Model):
     defaults: _Defaults = _Defaults()
     fetch: _Fetch = _Fetch()
     dedupe: _Dedupe = _Dedupe()
+    server: _Server = _Server()
+    websub: _WebSub = _WebSub()
     sources: Annotated[list[_Source], Field(min_length=1)]
     outputs: list[_Output] = [_Output(name="all", title="All stories")]
 
@@ -270,6 +285,14 @@ def _check(data: dict[str, Any], base: Path) -> list[tuple[Path_, str]]:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             problems.append((("base_url",), f"must be an absolute http(s) URL, got {base_url!r}"))
+    websub: dict[str, Any] = data["websub"] if isinstance(data.get("websub"), dict) else {}
+    for key in ("hub", "public_url"):
+        value = websub.get(key)
+        if isinstance(value, str) and (urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).hostname):
+            problems.append((("websub", key), f"must be an absolute http(s) URL, got {value!r}"))
+    for i, src in enumerate(sources or []):
+        if isinstance(src, dict) and src.get("websub") is True and not websub.get("public_url"):
+            problems.append((("sources", i, "websub"), "needs websub.public_url: the URL where hubs can reach this server"))
     storage = data.get("storage", "sqlite:///feeds.db")
     if isinstance(storage, str) and not re.match(r"^[a-z][a-z0-9+]*://", storage):
         problems.append((("storage",), f"must be a URL such as sqlite:///feeds.db, got {storage!r}"))
@@ -299,6 +322,7 @@ def _settings(model: _Config, path: Path) -> Settings:
             min_interval=s.min_interval or defaults.min_interval,
             max_interval=s.max_interval or defaults.max_interval,
             priority=s.priority,
+            websub=s.websub,
         )
         for s in model.sources
     )
@@ -342,4 +366,10 @@ def _settings(model: _Config, path: Path) -> Settings:
         ),
         tick=model.tick,
         max_entries=f.max_entries,
+        server=ServerSettings(host=model.server.host, port=model.server.port, cache_max_age=model.server.cache_max_age),
+        websub=WebSubSettings(hub=model.websub.hub, public_url=_slash(model.websub.public_url), lease=model.websub.lease),
     )
+
+
+def _slash(url: str | None) -> str | None:
+    return url if url is None or url.endswith("/") else url + "/"

@@ -28,7 +28,7 @@ class Source:
     min_interval: timedelta = timedelta(minutes=5)
     max_interval: timedelta = timedelta(days=1)
     priority: int = 0  # higher wins when electing a cluster's lead story
-    line: int = 0  # where the source is declared in the config, for messages
+    websub: bool = False  # subscribe to the hub the feed advertises (needs websub.public_url)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +59,11 @@ class SourceState:
     feed_link: str | None = None
     feed_id: str | None = None
     feed_updated: datetime | None = None
+    hub: str | None = None  # the WebSub hub the feed advertises
+    topic: str | None = None  # the feed's rel="self" URL: what we subscribe to
+    websub_secret: str | None = None  # our HMAC key for this source's subscription
+    websub_requested: datetime | None = None  # when we last asked the hub to (re)subscribe us
+    websub_expires: datetime | None = None  # lease end, once the hub verified our intent
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +132,7 @@ class ParsedFeed:
     warning: str | None = None  # a bozo feed we still read
     ttl: timedelta | None = None  # RSS <ttl> or sy:updatePeriod
     hub: str | None = None
+    self_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +230,24 @@ class DedupeSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """The built-in HTTP server."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    cache_max_age: int = 300  # seconds, for Cache-Control on outputs
+
+
+@dataclass(frozen=True, slots=True)
+class WebSubSettings:
+    """WebSub as publisher (ping a hub when outputs change) and as subscriber (get pushed to)."""
+
+    hub: str | None = None  # advertised in outputs and pinged on change
+    public_url: str | None = None  # where hubs can reach this server, for subscriptions
+    lease: timedelta = timedelta(days=5)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """A validated configuration file."""
 
@@ -237,6 +261,8 @@ class Settings:
     dedupe: DedupeSettings = DedupeSettings()
     tick: timedelta = timedelta(seconds=10)
     max_entries: int = 500
+    server: ServerSettings = ServerSettings()
+    websub: WebSubSettings = WebSubSettings()
 
     def source(self, name: str) -> Source | None:
         """The source called `name`, if configured."""

@@ -108,6 +108,7 @@ def _parse_xml_feed(source: str, body: bytes, headers: Mapping[str, str], *, url
         warning=warning,
         ttl=_ttl(feed),
         hub=next((lk.get("href") for lk in feed.get("links", []) if lk.get("rel") == "hub"), None),
+        self_url=next((lk.get("href") for lk in feed.get("links", []) if lk.get("rel") == "self"), None),
     )
 
 
@@ -223,6 +224,7 @@ def _parse_json_feed(source: str, body: bytes, *, url: str) -> ParsedFeed:
         entries=tuple(entries),
         warning=f"{skipped} items are not objects and were skipped" if skipped else None,
         hub=next((h.get("url") for h in hubs if isinstance(h, dict) and h.get("type", "").lower() == "websub"), None),
+        self_url=_str(data.get("feed_url")),
     )
 
 

@@ -19,6 +19,7 @@ from feeds.timeutil import format_duration, parse_http_date, parse_retry_after
 
 JITTER = 0.1  # up to +10% so sources configured alike are not polled in lockstep
 CONFIRMATIONS = 2  # a permanent redirect must be seen this many polls in a row before we move
+WEBSUB_RELAX = 4  # a source pushed by WebSub is polled this many times less often
 _MAX_AGE = re.compile(r"(?:^|,)\s*(?:s-)?max-age\s*=\s*\"?(\d+)", re.IGNORECASE)
 
 
@@ -85,7 +86,9 @@ def publishing_interval(feed: ParsedFeed | None) -> timedelta | None:
     return timedelta(seconds=statistics.median(gaps) / 2)
 
 
-def choose_interval(source: Source, state: SourceState, result: FetchResult, feed: ParsedFeed | None) -> tuple[timedelta, str]:
+def choose_interval(
+    source: Source, state: SourceState, result: FetchResult, feed: ParsedFeed | None, *, now: datetime
+) -> tuple[timedelta, str]:
     """The polling interval for a healthy source and why: configured, adaptive or server."""
     interval, reason = state.interval or source.interval, state.interval_reason
     adaptive = publishing_interval(feed)
@@ -95,7 +98,31 @@ def choose_interval(source: Source, state: SourceState, result: FetchResult, fee
     hint = server_interval(result, feed)
     if hint is not None and hint > interval:
         interval, reason = min(hint, source.max_interval), "server"
+    if websub_active(state, now=now):
+        # The hub pushes changes; polling is only a safety net.
+        relaxed = min(max(interval * WEBSUB_RELAX, timedelta(hours=1)), source.max_interval)
+        if relaxed > interval:
+            interval, reason = relaxed, "websub"
     return interval, reason
+
+
+def websub_active(state: SourceState, *, now: datetime) -> bool:
+    """True while a verified WebSub subscription for the source is within its lease."""
+    return state.websub_expires is not None and state.websub_expires > now
+
+
+def needs_subscription(state: SourceState, source: Source, *, now: datetime, retry: timedelta = timedelta(minutes=10)) -> bool:
+    """True when a WebSub source should ask its hub to (re)subscribe: none yet, or the lease ends
+    within a day (or a tenth of it); not more often than `retry` while a request is pending."""
+    if not source.websub or not state.hub or state.status == "gone":
+        return False
+    if state.websub_requested is not None and now - state.websub_requested < retry:
+        return False
+    if state.websub_expires is None:
+        return True
+    remaining = state.websub_expires - now
+    lease = state.websub_expires - (state.websub_requested or state.websub_expires)
+    return remaining <= max(timedelta(days=1), lease / 10) if lease > timedelta(0) else remaining <= timedelta(days=1)
 
 
 def backoff(source: Source, state: SourceState, failures: int) -> timedelta:
@@ -127,7 +154,7 @@ def next_state(
     else:
         etag, modified = result.header("etag"), result.header("last-modified")
         new_hash = body_hash(result.body)
-    interval, reason = choose_interval(source, state, result, feed)
+    interval, reason = choose_interval(source, state, result, feed, now=now)
     wait = min(source.max_interval, interval * (1 + jitter(state.name, now)))
     changed = feed is not None
     return replace(
@@ -149,6 +176,8 @@ def next_state(
         feed_link=feed.link if feed is not None else state.feed_link,
         feed_id=feed.id if feed is not None else state.feed_id,
         feed_updated=feed.updated if feed is not None else state.feed_updated,
+        hub=feed.hub if feed is not None else state.hub,
+        topic=(feed.self_url or state.url) if feed is not None else state.topic,
     )
 
 

@@ -16,6 +16,7 @@ from feeds import policy
 from feeds.dedupe import LeadInfo, assign, better_lead, fingerprint
 from feeds.errors import ParseError
 from feeds.fetch import Fetcher
+from feeds.metrics import record_poll
 from feeds.models import FetchResult, OutcomeStatus, ParsedFeed, PollOutcome, Settings, Source, SourceState, Story
 from feeds.normalize import normalize_feed
 from feeds.parse import parse_feed
@@ -68,7 +69,9 @@ def process_result(
 ) -> PollOutcome:
     """Everything after the fetch for one source; never raises."""
     try:
-        return _process(settings, store, source, state, result, now=now)
+        outcome = _process(settings, store, source, state, result, now=now)
+        record_poll(outcome, result)
+        return outcome
     except Exception as exc:
         log.exception("poll-crashed source=%s", source.name)
         message = f"internal error: {type(exc).__name__}: {exc}"

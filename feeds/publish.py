@@ -6,10 +6,12 @@ import hashlib
 import logging
 import os
 import tempfile
+import time
 from datetime import datetime
 from pathlib import Path
 
 from feeds.errors import PublishError
+from feeds.metrics import PUBLISH_SECONDS, PUBLISHES
 from feeds.models import Settings
 from feeds.render import FeedView, SourceInfo, render_all
 from feeds.store import Store
@@ -84,20 +86,23 @@ def publish_all(settings: Settings, store: Store, *, now: datetime) -> list[str]
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise PublishError(f"{directory}: cannot create the publish directory: {exc.strerror}") from exc
+    started = time.perf_counter()
     remove_stale_temp_files(directory, now=now)
     infos = source_infos(settings, store)
     written = []
     for output in settings.outputs:
         names = [s.name for s in settings.sources if output.includes(s)]
         clusters = store.clusters(names, exact=output.dedupe == "exact", limit=output.limit)
-        view = FeedView(output, tuple(clusters), {n: infos[n] for n in names}, settings.base_url)
+        view = FeedView(output, tuple(clusters), {n: infos[n] for n in names}, settings.base_url, hub=settings.websub.hub)
         files = render_all(view)
         digest = hashlib.sha256(b"".join(files.values())).hexdigest()
         for fmt, data in files.items():
             path = directory / f"{output.name}.{fmt}"
             if write_atomic(path, data):
                 written.append(str(path))
+                PUBLISHES.inc()
         if store.output_digest(output.name) != digest:
             store.save_output(output.name, digest, now=now)
             log.info("published output=%s entries=%d", output.name, len(clusters))
+    PUBLISH_SECONDS.observe(time.perf_counter() - started)
     return written

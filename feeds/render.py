@@ -24,6 +24,7 @@ from feeds.models import Cluster, OutputSpec, Story
 from feeds.timeutil import to_rfc3339
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ATOM_NS = "http://www.w3.org/2005/Atom"
 FORMATS = {"atom": "application/atom+xml", "rss": "application/rss+xml", "json": "application/feed+json"}
 
 
@@ -47,6 +48,7 @@ class FeedView:
     clusters: tuple[Cluster, ...]
     sources: Mapping[str, SourceInfo]
     base_url: str
+    hub: str | None = None  # a WebSub hub to advertise
 
     def url(self, fmt: str) -> str:
         """The public URL of this output in one format."""
@@ -79,7 +81,26 @@ def entry_html(view: FeedView, cluster: Cluster) -> str | None:
 
 
 class _SourceFeedExt(BaseExtension):  # type: ignore[misc]
-    """Feed-level half of the atom:source extension (feedgen wants both halves)."""
+    """Feed-level links feedgen does not write: RSS's own self link, and the WebSub hub."""
+
+    def __init__(self) -> None:
+        self.rss_self: str | None = None
+        self.hub: str | None = None
+
+    def extend_atom(self, feed: Any) -> Any:
+        if self.hub:
+            xml_elem("link", feed, rel="hub", href=self.hub)
+        return feed
+
+    def extend_rss(self, feed: Any) -> Any:
+        channel = feed.find("channel")
+        for link in channel.findall(f"{{{ATOM_NS}}}link"):
+            if link.get("rel") == "self" and self.rss_self:
+                link.set("href", self.rss_self)
+                link.set("type", FORMATS["rss"])
+        if self.hub:
+            xml_elem(f"{{{ATOM_NS}}}link", channel, rel="hub", href=self.hub)
+        return feed
 
 
 class _SourceEntryExt(BaseEntryExtension):  # type: ignore[misc]
@@ -121,6 +142,8 @@ class _SourceEntryExt(BaseEntryExtension):  # type: ignore[misc]
 def _generator(view: FeedView) -> FeedGenerator:
     fg = FeedGenerator()
     fg.register_extension("feedssource", _SourceFeedExt, _SourceEntryExt, atom=True, rss=True)
+    fg.feedssource.rss_self = view.url("rss")
+    fg.feedssource.hub = view.hub
     fg.id(view.url("atom"))
     fg.title(view.output.title)
     fg.subtitle(view.output.description or f"{view.output.title}: merged by feeds")
@@ -197,6 +220,7 @@ def render_json(view: FeedView) -> bytes:
             "date_modified": to_rfc3339(cluster.updated),
             "authors": [{"name": a.name or a.email} for a in lead.authors if a.name or a.email] or [{"name": outlet.title}],
             "_feeds": {
+                "seq": cluster.id,  # grows with every new story: the river page's live-update cursor
                 "source": {"name": outlet.name, "title": outlet.title, "feed_url": outlet.feed_url or None, "home_page_url": outlet.link},
                 "via": [{"source": view.outlet(o).title, "url": o.link} for o in cluster.others if o.link],
             },
@@ -219,6 +243,8 @@ def render_json(view: FeedView) -> bytes:
         "description": view.output.description or f"{view.output.title}: merged by feeds",
         "items": items,
     }
+    if view.hub:
+        document["hubs"] = [{"type": "WebSub", "url": view.hub}]
     return json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8") + b"\n"
 
 

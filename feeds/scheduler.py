@@ -10,8 +10,9 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import FrameType
+from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -34,11 +35,22 @@ def utc_now() -> datetime:
 class Daemon:
     """Polls on schedule and publishes when anything changed, until stopped."""
 
-    def __init__(self, settings: Settings, store: Store, fetcher: Fetcher, *, clock: Clock = utc_now) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        fetcher: Fetcher,
+        *,
+        clock: Clock = utc_now,
+        announce: Callable[[list[str]], None] | None = None,
+        subscribe: Callable[[Store, datetime], object] | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.fetcher = fetcher
         self.clock = clock
+        self.announce = announce or (lambda written: None)
+        self.subscribe = subscribe
         self.stopping = threading.Event()
         self.last_tick: datetime | None = None
         self.last_outcomes: list[PollOutcome] = []
@@ -54,7 +66,9 @@ class Daemon:
             outcomes = poll_due(self.settings, self.store, self.fetcher, now=now, stop=self.stopping)
             self.last_tick, self.last_outcomes = now, outcomes
             if any(o.new or o.updated for o in outcomes):
-                publish_all(self.settings, self.store, now=self.clock())
+                self.announce(publish_all(self.settings, self.store, now=self.clock()))
+            if self.subscribe is not None:
+                self.subscribe(self.store, self.clock())
         except FeedsError as exc:
             log.error("tick-failed error=%s", exc)
         except Exception:
@@ -64,7 +78,7 @@ class Daemon:
 
     def start(self) -> None:
         """Publish what the store holds, then start ticking in the background."""
-        publish_all(self.settings, self.store, now=self.clock())
+        self.announce(publish_all(self.settings, self.store, now=self.clock()))
         self._scheduler.add_job(
             self.tick,
             "interval",
@@ -82,6 +96,29 @@ class Daemon:
             len(self.settings.outputs),
             self.settings.tick.total_seconds(),
         )
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Alive when the scheduler runs and ticked recently, and the store answers."""
+        now = self.clock()
+        late = self.settings.tick * 3 + timedelta(seconds=60)
+        ticking = self._scheduler.running and self.last_tick is not None and now - self.last_tick <= late
+        try:
+            states = self.store.states()
+        except Exception as exc:
+            return False, {"scheduler": "running" if ticking else "stalled", "store": f"unreachable: {exc}"}
+        sources = {
+            name: {"status": s.status, "failures": s.failures, "error": s.error}
+            for name, s in sorted(states.items())
+            if self.settings.source(name) is not None
+        }
+        payload = {
+            "scheduler": "running" if ticking else "stalled",
+            "last_tick": self.last_tick.isoformat() if self.last_tick else None,
+            "store": "ok",
+            "failing": sum(1 for s in sources.values() if s["status"] in ("failing", "gone")),
+            "sources": sources,
+        }
+        return ticking, payload
 
     def stop(self) -> None:
         """Stop ticking; the source being processed finishes its transaction, the rest are abandoned."""

@@ -57,7 +57,8 @@ def fill(store: SQLiteStore, count: int, rng: random.Random, *, span: timedelta)
     """Bulk-load `count` stories first seen over `span` before NOW, with realistic index rows
     (2 exact keys, 64 band keys, ~118 shingles each)."""
     db = store._db
-    db.execute("PRAGMA cache_size=-1000000")
+    cache_size = db.execute("PRAGMA cache_size").fetchone()[0]
+    db.execute("PRAGMA cache_size=-1000000")  # for loading only: a huge cache slows every commit
     db.execute("BEGIN")
     db.execute("INSERT INTO clusters (id, kind, atom_id, lead, created) VALUES (1, 'near', 'urn:x', 'x', 0)")
     batch = 20_000
@@ -79,6 +80,7 @@ def fill(store: SQLiteStore, count: int, rng: random.Random, *, span: timedelta)
         db.executemany("INSERT OR IGNORE INTO story_bands VALUES (?, ?, ?)", bands)
     db.execute("COMMIT")
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # as auto-checkpointing would have done along the way
+    db.execute(f"PRAGMA cache_size={cache_size}")
 
 
 def bench_dedupe(sizes: list[int], probes: int, *, span: timedelta) -> None:

@@ -127,6 +127,7 @@ class SQLiteStore:
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB: the hot index pages of a large store
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except sqlite3.DatabaseError as exc:
@@ -203,6 +204,10 @@ class SQLiteStore:
         """How many stories each source has stored."""
         rows = self._db.execute("SELECT source, COUNT(*) AS n FROM stories GROUP BY source")
         return {r["source"]: r["n"] for r in rows}
+
+    def cluster_count(self) -> int:
+        """How many near-duplicate clusters (published entries) are stored."""
+        return int(self._db.execute("SELECT COUNT(DISTINCT cluster_id) FROM stories").fetchone()[0])
 
     # -- outputs ------------------------------------------------------------------------------
 

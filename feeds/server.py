@@ -1,0 +1,375 @@
+"""HTTP: published outputs with ETag/304/gzip, the index page, live river pages (Server-Sent
+Events), OPML of the sources, health, Prometheus metrics, and the WebSub callback.
+
+Starlette app served by uvicorn. Only files named after configured outputs inside publish_dir are
+ever served; pages are rendered from the published JSON Feed, so `feeds serve` needs nothing but
+the publish directory. Everything that comes from feeds is escaped; story HTML is sanitized again.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import html
+import json
+import logging
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from importlib import resources
+from pathlib import Path
+from types import FrameType
+from typing import Any
+from xml.sax.saxutils import quoteattr
+
+import anyio
+import uvicorn
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from feeds.models import Settings, SourceState
+from feeds.normalize import sanitize_html
+from feeds.render import FORMATS
+from feeds.timeutil import parse_http_date, parse_rfc3339
+
+log = logging.getLogger(__name__)
+
+HealthCheck = Callable[[], tuple[bool, dict[str, Any]]]
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src http: https:; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+PAGE_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+LIVE_CHECK_SECONDS = 1.0  # how often an open river page's stream looks for a newer output
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """One output file as served: bytes, gzip variant and validators."""
+
+    data: bytes
+    gzipped: bytes
+    etag: str
+    modified: datetime
+    media_type: str
+
+
+class PublishedFiles:
+    """Reads published outputs from publish_dir, cached until the file changes."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.directory = settings.publish_dir
+        self.outputs = {o.name: o for o in settings.outputs}
+        self._cache: dict[str, tuple[tuple[int, int], Published]] = {}
+        self._json: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def _path(self, name: str, fmt: str) -> Path | None:
+        if name not in self.outputs or fmt not in FORMATS:
+            return None
+        path = self.directory / f"{name}.{fmt}"
+        # Never follow a link out of the publish directory.
+        if path.is_symlink() or path.resolve().parent != self.directory.resolve():
+            return None
+        return path
+
+    def get(self, name: str, fmt: str) -> Published | None:
+        """The current bytes of `<name>.<fmt>`, or None if it is not a published output."""
+        path = self._path(name, fmt)
+        if path is None:
+            return None
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        key = (stat.st_mtime_ns, stat.st_size)
+        with self._lock:
+            cached = self._cache.get(f"{name}.{fmt}")
+            if cached and cached[0] == key:
+                return cached[1]
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        published = Published(
+            data=data,
+            gzipped=gzip.compress(data, 6, mtime=0),
+            etag='"' + hashlib.sha256(data).hexdigest()[:32] + '"',
+            modified=datetime.fromtimestamp(int(stat.st_mtime), UTC),
+            media_type=f"{FORMATS[fmt]}; charset=utf-8",
+        )
+        with self._lock:
+            self._cache[f"{name}.{fmt}"] = (key, published)
+        return published
+
+    def feed(self, name: str) -> dict[str, Any] | None:
+        """The output's JSON Feed, parsed (the river page's data)."""
+        published = self.get(name, "json")
+        if published is None:
+            return None
+        key = (hash(published.etag), len(published.data))
+        with self._lock:
+            cached = self._json.get(name)
+            if cached and cached[0] == key:
+                return cached[1]
+        try:
+            document: dict[str, Any] = json.loads(published.data)
+        except ValueError:
+            return None
+        with self._lock:
+            self._json[name] = (key, document)
+        return document
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    """If-None-Match uses weak comparison: W/"x" matches "x" and "x-gzip" variants of one version."""
+    bare = etag.strip('"')
+    for candidate in header.split(","):
+        value = candidate.strip()
+        if value == "*":
+            return True
+        value = value.removeprefix("W/").strip('"').removesuffix("-gzip")
+        if value == bare:
+            return True
+    return False
+
+
+def _accepts_gzip(request: Request) -> bool:
+    for part in request.headers.get("accept-encoding", "").lower().split(","):
+        token, _, params = part.strip().partition(";")
+        if token.strip() in ("gzip", "*") and params.replace(" ", "") not in ("q=0", "q=0.0"):
+            return True
+    return False
+
+
+def _stamp(item: dict[str, Any], key: str = "date_modified") -> datetime | None:
+    return parse_rfc3339(item.get(key) or item.get("date_published"))
+
+
+def _time_html(value: datetime | None) -> str:
+    if value is None:
+        return ""
+    exact = value.strftime("%Y-%m-%d %H:%M UTC")
+    return f'<time datetime="{value.strftime("%Y-%m-%dT%H:%M:%SZ")}" title="{exact}">{exact}</time>'
+
+
+def river_item_html(item: dict[str, Any]) -> str:
+    """One story of the river page: escaped title, outlet, time, sanitized HTML."""
+    meta = item.get("_feeds") or {}
+    seq = int(meta.get("seq") or 0)
+    outlet = (meta.get("source") or {}).get("title") or ""
+    url = item.get("url") or ""
+    title = html.escape(item.get("title") or "(untitled)")
+    heading = title
+    if url.startswith(("http://", "https://")):
+        heading = f'<a href="{html.escape(url, quote=True)}" rel="noopener noreferrer">{title}</a>'
+    body = sanitize_html(item.get("content_html"), base=None) or ""
+    return (
+        f'<article class="story" id="story-{seq}" data-seq="{seq}">'
+        f"<h2>{heading}</h2>"
+        f'<p class="meta"><span class="outlet">{html.escape(outlet)}</span> · {_time_html(_stamp(item, "date_published"))}</p>'
+        f'<div class="body">{body}</div></article>'
+    )
+
+
+def _page(title: str, head: str, body: str) -> str:
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title>"
+        '<link rel="stylesheet" href="/static/river.css">'
+        f"{head}</head><body>{body}</body></html>"
+    )
+
+
+def _alternates(name: str, title: str) -> str:
+    return "".join(
+        f'<link rel="alternate" type="{FORMATS[fmt]}" title={quoteattr(f"{title} ({label})")} href="/{name}.{fmt}">'
+        for fmt, label in (("atom", "Atom"), ("rss", "RSS"), ("json", "JSON Feed"))
+    )
+
+
+def _max_seq(document: dict[str, Any] | None) -> int:
+    items = (document or {}).get("items") or []
+    return max((int((i.get("_feeds") or {}).get("seq") or 0) for i in items), default=0)
+
+
+class SecurityHeaders(BaseHTTPMiddleware):
+    """No sniffing and no referrers anywhere."""
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        return response
+
+
+def create_app(
+    settings: Settings,
+    *,
+    health: HealthCheck,
+    metrics: Callable[[], bytes],
+    states: Callable[[], dict[str, SourceState]] | None = None,
+    websub_routes: list[Route] | None = None,
+) -> Starlette:
+    """The web app: `health` and `metrics` come from the composition root (daemon or serve)."""
+    files = PublishedFiles(settings)
+    max_age = settings.server.cache_max_age
+
+    def output_file(request: Request) -> Response:
+        name, fmt = request.path_params["name"], request.path_params["fmt"]
+        published = files.get(name, fmt)
+        if published is None:
+            return PlainTextResponse("not found\n", status_code=404)
+        gzipped = _accepts_gzip(request) and len(published.data) > 512
+        etag = published.etag[:-1] + '-gzip"' if gzipped else published.etag
+        headers = {
+            "ETag": etag,
+            "Last-Modified": format_datetime(published.modified, usegmt=True),
+            "Cache-Control": f"public, max-age={max_age}",
+            "Vary": "Accept-Encoding",
+        }
+        inm = request.headers.get("if-none-match")
+        if inm is not None:
+            if _etag_matches(inm, published.etag):
+                return Response(status_code=304, headers=headers)
+        else:
+            since = parse_http_date(request.headers.get("if-modified-since"))
+            if since is not None and published.modified <= since:
+                return Response(status_code=304, headers=headers)
+        if gzipped:
+            headers["Content-Encoding"] = "gzip"
+        return Response(published.gzipped if gzipped else published.data, media_type=published.media_type, headers=headers)
+
+    def index(request: Request) -> Response:
+        rows, head = [], ""
+        for name, output in files.outputs.items():
+            document = files.feed(name) or {}
+            items = document.get("items") or []
+            title = document.get("title") or output.title
+            newest = max((s for s in (_stamp(i) for i in items) if s), default=None)
+            head += _alternates(name, title)
+            rows.append(
+                f'<li><h2><a href="/{name}/">{html.escape(title)}</a></h2>'
+                f'<p class="meta">{len(items)} entries · last updated {_time_html(newest) or "never"}</p>'
+                f'<p class="subscribe">Subscribe: <a href="/{name}.atom">Atom</a> · <a href="/{name}.rss">RSS</a> · '
+                f'<a href="/{name}.json">JSON Feed</a></p></li>'
+            )
+        body = (
+            f'<header><h1>feeds</h1></header><main><ul class="outputs">{"".join(rows)}</ul>'
+            '<p><a href="/sources.opml">Sources (OPML)</a></p></main>'
+        )
+        return Response(_page("feeds", head, body), media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+
+    def river(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in files.outputs:
+            return PlainTextResponse("not found\n", status_code=404)
+        document = files.feed(name) or {}
+        title = document.get("title") or files.outputs[name].title
+        items = document.get("items") or []
+        newest = max((s for s in (_stamp(i) for i in items) if s), default=None)
+        body = (
+            f'<header><p class="crumbs"><a href="/">feeds</a></p><h1>{html.escape(title)}</h1>'
+            f'<p class="meta">Last updated <span id="last-updated">{_time_html(newest) or "never"}</span> · '
+            f'<a href="/{name}.atom">Atom</a> · <a href="/{name}.rss">RSS</a> · <a href="/{name}.json">JSON Feed</a>'
+            f' <span id="live" class="live" hidden>live</span></p></header>'
+            f'<main id="river" data-events="/{name}/events" data-seq="{_max_seq(document)}">'
+            f"{''.join(river_item_html(i) for i in items) or '<p class=empty>No stories yet.</p>'}</main>"
+            '<script src="/static/river.js" defer></script>'
+        )
+        return Response(_page(title, _alternates(name, title), body), media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+
+    async def events(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in files.outputs:
+            return PlainTextResponse("not found\n", status_code=404)
+        resume = request.headers.get("last-event-id") or request.query_params.get("since") or ""
+
+        async def stream() -> AsyncIterator[ServerSentEvent]:
+            last = int(resume) if resume.isdigit() else _max_seq(await run_in_threadpool(files.feed, name))
+            yield ServerSentEvent(comment="connected", retry=3000)
+            while True:
+                document = await run_in_threadpool(files.feed, name) or {}
+                fresh = [i for i in document.get("items") or [] if int((i.get("_feeds") or {}).get("seq") or 0) > last]
+                for item in sorted(fresh, key=lambda i: int(i["_feeds"]["seq"])):
+                    last = int(item["_feeds"]["seq"])
+                    stamp = _stamp(item)
+                    payload = {"html": river_item_html(item), "updated": _time_html(stamp)}
+                    yield ServerSentEvent(json.dumps(payload), event="story", id=str(last))
+                await anyio.sleep(LIVE_CHECK_SECONDS)
+
+        return EventSourceResponse(stream(), ping=15, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    def opml(request: Request) -> Response:
+        current = states() if states is not None else {}
+        outlines = []
+        for source in settings.sources:
+            state = current.get(source.name)
+            url = state.url if state is not None else source.url
+            if not url.startswith(("http://", "https://")):
+                continue  # a local file is nothing another reader can subscribe to
+            title = source.title or (state.feed_title if state else None) or source.name
+            home = f" htmlUrl={quoteattr(state.feed_link)}" if state is not None and state.feed_link else ""
+            outlines.append(f'    <outline type="rss" text={quoteattr(title)} title={quoteattr(title)} xmlUrl={quoteattr(url)}{home}/>')
+        document = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n<opml version="2.0">\n  <head>\n    <title>feeds sources</title>\n'
+            f"    <dateCreated>{format_datetime(datetime.now(UTC), usegmt=True)}</dateCreated>\n  </head>\n  <body>\n"
+            + "\n".join(outlines)
+            + "\n  </body>\n</opml>\n"
+        )
+        return Response(document, media_type="text/x-opml; charset=utf-8")
+
+    def health_endpoint(request: Request) -> Response:
+        ok, payload = health()
+        return JSONResponse({"status": "ok" if ok else "unhealthy", **payload}, status_code=200 if ok else 503)
+
+    def metrics_endpoint(request: Request) -> Response:
+        return Response(metrics(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    def static(request: Request) -> Response:
+        name = request.path_params["file"]
+        types = {"river.js": "text/javascript; charset=utf-8", "river.css": "text/css; charset=utf-8", "screenshot.png": "image/png"}
+        if name not in types:
+            return PlainTextResponse("not found\n", status_code=404)
+        data = (resources.files("feeds") / "static" / name).read_bytes()
+        return Response(data, media_type=types[name], headers={"Cache-Control": "public, max-age=3600"})
+
+    routes = [
+        Route("/", index),
+        Route("/health", health_endpoint),
+        Route("/metrics", metrics_endpoint),
+        Route("/sources.opml", opml),
+        Route("/static/{file}", static),
+        Route("/favicon.ico", lambda request: Response(status_code=204)),
+        *(websub_routes or []),
+        Route("/{name}.{fmt}", output_file, methods=["GET", "HEAD"]),
+        Route("/{name}/", river),
+        Route("/{name}/events", events),
+    ]
+    return Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)])
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, but a SIGTERM/SIGINT only stops serving: uvicorn would re-raise the signal after
+    shutting down, killing the process before the daemon can stop its scheduler cleanly."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        self.should_exit = True
+
+
+def make_server(app: Starlette, *, host: str, port: int) -> uvicorn.Server:
+    """A uvicorn server for the app (run it with .run(); it returns on SIGINT/SIGTERM)."""
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=3)
+    return _Server(config)
