@@ -145,10 +145,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int
         fetcher = Fetcher(settings.fetch)
         try:
             outcomes = poll_due(settings, store, fetcher, now=utc_now(), force=args.force, names=args.names)
+            written = publish_all(settings, store, now=utc_now())
+            _announcer(settings, fetcher)(written)
         finally:
-            fetcher.close()  # the session can still send a hub ping after this
-        written = publish_all(settings, store, now=utc_now())
-        _announcer(settings, fetcher)(written)
+            fetcher.close()
         _print_outcomes(outcomes, written, as_json=args.json)
         return FAILED if any(o.status in ("failed", "gone") for o in outcomes) else OK
     if args.verb == "publish":
@@ -325,15 +325,14 @@ def _clusters(settings: Settings, store: Store, *, exact: bool, as_json: bool) -
 
 
 def _explain(store: Store, story_id: str) -> int:
-    stories = {s.story.id: s for s in store.stored_stories()}
-    stored = stories.get(story_id)
+    stored = store.stored_story(story_id)
     if stored is None:
         print(f"feeds: no story {story_id!r} (ids are listed by `feeds clusters`)", file=sys.stderr)
         return USAGE
     d = stored.decision
     story = stored.story
     print(f"{story.id} ({story.source}): {story.title}")
-    matched = stories.get(d.get("matched") or "")
+    matched = store.stored_story(d["matched"]) if d.get("matched") else None
     other = f"{matched.story.id} ({matched.story.source}): {matched.story.title}" if matched else d.get("matched")
     if d.get("kind") in ("exact", "near"):
         print(f"joined cluster {stored.cluster_id} by {d['kind']} match with {other}")

@@ -7,6 +7,7 @@ Pure: no network, files or clock. feedparser is handed bytes and headers, never 
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import re
 import warnings
@@ -235,9 +236,7 @@ def _str(value: object) -> str | None:
 def _plain_to_html(text: str | None) -> str | None:
     if not text:
         return None
-    from html import escape
-
-    return "".join(f"<p>{escape(p)}</p>" for p in text.split("\n\n") if p.strip())
+    return "".join(f"<p>{html.escape(p)}</p>" for p in text.split("\n\n") if p.strip())
 
 
 def _json_authors(obj: Mapping[str, Any]) -> tuple[Author, ...]:

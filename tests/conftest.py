@@ -193,6 +193,16 @@ def settings_for(directory: Path, sources: list[dict[str, Any]], **kwargs: Any) 
     return load_settings(write_config(directory, sources, **kwargs))
 
 
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0) -> bool:
+    """Poll `predicate` until it is true or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def run_feeds(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run the `feeds` command as a user would (python -m feeds), capturing its output."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

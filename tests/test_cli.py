@@ -7,12 +7,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import feedparser
 
-from tests.conftest import ROOT, FeedServer, rss, run_feeds, story_item, write_config
+from tests.conftest import ROOT, FeedServer, rss, run_feeds, story_item, wait_for, write_config
 
 
 def bundled_copy(tmp_path: Path) -> Path:
@@ -88,15 +87,6 @@ def test_sources_reset_and_unknown_names(tmp_path: Path, server: FeedServer) -> 
     assert len(server.hits_for("/gone")) == 2
     assert run_feeds("poll", "nope", "-c", str(config)).returncode == 2
     assert run_feeds("frobnicate").returncode == 2
-
-
-def wait_for(predicate, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def test_daemon_polls_on_schedule_publishes_changes_and_stops_cleanly(tmp_path: Path, server: FeedServer) -> None:

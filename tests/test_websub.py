@@ -25,7 +25,7 @@ import requests
 from feeds import policy
 from feeds.models import Source, SourceState
 from feeds.websub import signature_valid
-from tests.conftest import NOW, ROOT, FeedServer, rss, run_feeds, story_item, write_config
+from tests.conftest import NOW, ROOT, FeedServer, rss, run_feeds, story_item, wait_for, write_config
 from tests.test_server import free_port
 
 
@@ -88,15 +88,6 @@ class LocalHub:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
-
-
-def wait_for(predicate: Any, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def test_subscribe_verify_push_and_publish_ping(tmp_path: Path, server: FeedServer) -> None:

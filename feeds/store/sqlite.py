@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import cast
 
 from feeds.dedupe import SCHEME_VERSION, Candidate, Decision, Fingerprint, LeadInfo
 from feeds.errors import StoreError
@@ -248,15 +247,12 @@ class SQLiteStore:
             result.append(Cluster(id=cluster_id, atom_id=atom_id, lead=lead, members=ordered))
         return result
 
-    def stored_stories(self, sources: Iterable[str] | None = None) -> Iterator[StoredStory]:
-        """Every stored story with its clusters and the decision that placed it."""
-        query, params = "SELECT * FROM stories", cast(tuple[str, ...], ())
-        if sources is not None:
-            names = tuple(sorted(set(sources)))
-            query += f" WHERE source IN ({','.join('?' * len(names))})"
-            params = names
-        for row in self._db.execute(query + " ORDER BY COALESCE(published, first_seen) DESC, id", params):
-            yield StoredStory(_story(row), row["cluster_id"], row["exact_cluster_id"], json.loads(row["decision"]))
+    def stored_story(self, story_id: str) -> StoredStory | None:
+        """One stored story with its clusters and the decision that placed it."""
+        row = self._db.execute("SELECT * FROM stories WHERE id = ?", (story_id,)).fetchone()
+        if row is None:
+            return None
+        return StoredStory(_story(row), row["cluster_id"], row["exact_cluster_id"], json.loads(row["decision"]))
 
     def prune_index(self, *, before: datetime) -> int:
         """Drop near-duplicate band rows of stories first seen before `before` (outside every
@@ -280,6 +276,24 @@ def _save_state(db: sqlite3.Connection, state: SourceState) -> None:
         "INSERT OR REPLACE INTO sources (name, status, next_poll, state) VALUES (?, ?, ?, ?)",
         (state.name, state.status, to_epoch(state.next_poll), state_to_json(state)),
     )
+
+
+def _content_columns(story: Story, fp: Fingerprint) -> dict[str, object]:
+    """The columns a story's text and fingerprint fill, for inserts and in-place edits alike."""
+    return {
+        "guid": story.guid,
+        "title": story.title,
+        "link": story.link,
+        "canonical_url": story.canonical_url,
+        "summary_html": story.summary_html,
+        "content_html": story.content_html,
+        "authors": people_to_json(story.authors),
+        "categories": json.dumps(list(story.categories)),
+        "enclosures": enclosures_to_json(story.enclosures),
+        "content_hash": story.content_hash,
+        "words": fp.words,
+        "shingles": _pack(fp.shingles),
+    }
 
 
 def _story(row: sqlite3.Row) -> Story:
@@ -368,33 +382,19 @@ class _Transaction:
     def add_story(self, story: Story, fp: Fingerprint, decision: Decision) -> None:
         cluster_id = decision.cluster_id if decision.cluster_id is not None else self._new_cluster("near", story)
         exact_id = decision.exact_cluster_id if decision.exact_cluster_id is not None else self._new_cluster("exact", story)
-        self.db.execute(
-            "INSERT INTO stories (id, source, guid, title, link, canonical_url, summary_html, content_html, authors,"
-            " categories, enclosures, published, updated, first_seen, content_hash, cluster_id, exact_cluster_id,"
-            " words, shingles, decision) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                story.id,
-                story.source,
-                story.guid,
-                story.title,
-                story.link,
-                story.canonical_url,
-                story.summary_html,
-                story.content_html,
-                people_to_json(story.authors),
-                json.dumps(list(story.categories)),
-                enclosures_to_json(story.enclosures),
-                to_epoch(story.published),
-                to_epoch(story.updated),
-                to_epoch(story.first_seen),
-                story.content_hash,
-                cluster_id,
-                exact_id,
-                fp.words,
-                _pack(fp.shingles),
-                json.dumps(asdict(decision)),
-            ),
-        )
+        columns = {
+            **_content_columns(story, fp),
+            "id": story.id,
+            "source": story.source,
+            "published": to_epoch(story.published),
+            "updated": to_epoch(story.updated),
+            "first_seen": to_epoch(story.first_seen),
+            "cluster_id": cluster_id,
+            "exact_cluster_id": exact_id,
+            "decision": json.dumps(asdict(decision)),
+        }
+        names = ", ".join(columns)
+        self.db.execute(f"INSERT INTO stories ({names}) VALUES ({', '.join('?' * len(columns))})", tuple(columns.values()))
         self.add_guid(story.source, story.guid, story.id)
         self._index(story.id, story.first_seen, fp)
 
@@ -411,28 +411,9 @@ class _Transaction:
         published = story.published or from_epoch(row["published"])
         edited = row["content_hash"] != story.content_hash
         updated = story.updated or (story.first_seen if edited else from_epoch(row["updated"]))
-        self.db.execute(
-            "UPDATE stories SET guid = ?, title = ?, link = ?, canonical_url = ?, summary_html = ?, content_html = ?,"
-            " authors = ?, categories = ?, enclosures = ?, published = ?, updated = ?, content_hash = ?, words = ?,"
-            " shingles = ? WHERE id = ?",
-            (
-                story.guid,
-                story.title,
-                story.link,
-                story.canonical_url,
-                story.summary_html,
-                story.content_html,
-                people_to_json(story.authors),
-                json.dumps(list(story.categories)),
-                enclosures_to_json(story.enclosures),
-                to_epoch(published),
-                to_epoch(updated),
-                story.content_hash,
-                fp.words,
-                _pack(fp.shingles),
-                story_id,
-            ),
-        )
+        columns = {**_content_columns(story, fp), "published": to_epoch(published), "updated": to_epoch(updated)}
+        assignments = ", ".join(f"{name} = ?" for name in columns)
+        self.db.execute(f"UPDATE stories SET {assignments} WHERE id = ?", (*columns.values(), story_id))
         self.db.execute("DELETE FROM story_keys WHERE story_id = ?", (story_id,))
         self.db.execute("DELETE FROM story_bands WHERE seq = (SELECT seq FROM stories WHERE id = ?)", (story_id,))
         self._index(story_id, first_seen or story.first_seen, fp)
