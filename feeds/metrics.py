@@ -25,6 +25,7 @@ FETCH_SECONDS = Histogram(
 FETCH_BYTES = Counter("feeds_fetch_bytes", "Body bytes received from sources", registry=REGISTRY)
 PUBLISHES = Counter("feeds_publishes", "Output files rewritten because their bytes changed", registry=REGISTRY)
 PUBLISH_SECONDS = Histogram("feeds_publish_seconds", "Time to render and write every output", registry=REGISTRY)
+OUTPUT_RESPONSES = Counter("feeds_output_responses", "Responses to output requests by status", ["status"], registry=REGISTRY)
 WEBSUB_PUSHES = Counter("feeds_websub_pushes", "WebSub content deliveries by result", ["result"], registry=REGISTRY)
 
 

@@ -36,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from feeds.metrics import OUTPUT_RESPONSES
 from feeds.models import Settings, SourceState
 from feeds.normalize import sanitize_html
 from feeds.render import FORMATS
@@ -239,13 +240,11 @@ def create_app(
             "Vary": "Accept-Encoding",
         }
         inm = request.headers.get("if-none-match")
-        if inm is not None:
-            if _etag_matches(inm, published.etag):
-                return Response(status_code=304, headers=headers)
-        else:
-            since = parse_http_date(request.headers.get("if-modified-since"))
-            if since is not None and published.modified <= since:
-                return Response(status_code=304, headers=headers)
+        since = parse_http_date(request.headers.get("if-modified-since"))
+        if _etag_matches(inm, published.etag) if inm is not None else since is not None and published.modified <= since:
+            OUTPUT_RESPONSES.labels(status="304").inc()
+            return Response(status_code=304, headers=headers)
+        OUTPUT_RESPONSES.labels(status="200").inc()
         if gzipped:
             headers["Content-Encoding"] = "gzip"
         return Response(published.gzipped if gzipped else published.data, media_type=published.media_type, headers=headers)

@@ -19,7 +19,7 @@ import pytest
 import requests
 from reader import make_reader
 
-from feeds.metrics import StoreCollector, exposition
+from feeds.metrics import OUTPUT_RESPONSES, StoreCollector, exposition
 from feeds.models import Settings
 from feeds.scheduler import utc_now
 from feeds.server import create_app, make_server
@@ -213,6 +213,9 @@ def test_real_readers_subscribe_and_get_304(site: RunningServer, tmp_path: Path)
     subscriber.add_feed(site.url("/all.atom"))
     subscriber.update_feeds()
     assert len(list(subscriber.get_entries())) == 3
+    before = OUTPUT_RESPONSES.labels(status="304")._value.get()
+    subscriber.update_feed(site.url("/all.atom"))  # reader's second request is conditional: we answer 304
+    assert OUTPUT_RESPONSES.labels(status="304")._value.get() == before + 1
     subscriber.close()
     etag = requests.get(site.url("/all.rss"), timeout=5).headers["ETag"]
     again = feedparser.parse(site.url("/all.rss"), etag=etag)  # feedparser as a polling reader
