@@ -139,6 +139,7 @@ def test_next_poll_is_within_bounds_and_never_inside_retry_after(steps: list[tup
             assert wait <= SOURCE.max_interval
 
 
+@settings(deadline=None)
 @given(st.integers(1, 40))
 def test_backoff_is_monotone_in_consecutive_failures(failures: int) -> None:
     state = policy.initial_state(SOURCE)
