@@ -111,3 +111,36 @@ def test_daemon_polls_on_schedule_publishes_changes_and_stops_cleanly(tmp_path: 
     assert process.returncode == 0, stderr
     assert "daemon-started" in stderr and "daemon-stopped" in stderr
     assert not feedparser.parse(atom.read_bytes()).bozo
+
+
+def test_serve_serves_the_publish_directory_alone(tmp_path: Path) -> None:
+    import requests
+
+    from tests.test_server import free_port
+
+    config = bundled_copy(tmp_path)
+    assert run_feeds("poll", "-c", str(config)).returncode == 0
+    (tmp_path / "feeds.db").unlink()  # serve needs only the files
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"feeds.db{suffix}").unlink(missing_ok=True)
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "feeds", "serve", "--port", str(port), "-c", str(config)], cwd=ROOT, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            try:
+                return requests.get(f"{base}/health", timeout=1).status_code == 200
+            except requests.RequestException:
+                return False
+
+        assert wait_for(up)
+        atom = requests.get(f"{base}/all.atom", timeout=5)
+        assert atom.status_code == 200 and atom.content == (tmp_path / "public" / "all.atom").read_bytes()
+        assert "Harbor city approves" in requests.get(f"{base}/all/", timeout=5).text
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr

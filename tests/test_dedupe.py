@@ -7,6 +7,8 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
+import feedparser
+
 from feeds.dedupe import Candidate, LeadInfo, assign, better_lead, fingerprint, matching_text, similarity
 from feeds.models import DedupeSettings, Story
 from feeds.store.sqlite import SQLiteStore
@@ -166,3 +168,24 @@ def test_index_is_persisted_and_window_limits_near_matches(tmp_path: Path) -> No
         assert similarity(fp.shingles, found[0].shingles)[0] > 0.8
         assert tx.candidates(fp, since=NOW + timedelta(days=1)) == []  # outside the window
     reopened.close()
+
+
+def test_output_with_exact_dedupe_keeps_near_duplicates_apart(tmp_path: Path, server: FeedServer) -> None:
+    full = {"title": "Council backs seawall", "link": "https://a.example/1", "guid": "a1", "description": f"<p>{BODY}</p>"}
+    copy = {
+        "title": "Seawall approved",
+        "link": "https://b.example/1",
+        "guid": "b1",
+        "description": f"<p>OSLO -- {BODY}</p><p>Subscribe to our newsletter</p>",
+    }
+    server.serve("/a", rss(full, title="A"))
+    server.serve("/b", rss(copy, title="B"))
+    settings = settings_for(
+        tmp_path,
+        [{"name": "a", "url": server.url("/a")}, {"name": "b", "url": server.url("/b")}],
+        outputs="outputs:\n  - {name: merged, title: Merged}\n  - {name: raw, title: Raw, dedupe: exact}\n",
+    )
+    poll(settings)
+    merged = feedparser.parse((tmp_path / "public" / "merged.atom").read_bytes())
+    raw = feedparser.parse((tmp_path / "public" / "raw.atom").read_bytes())
+    assert len(merged.entries) == 1 and len(raw.entries) == 2

@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import feedparser
+import pytest
 
 from feeds.fetch import Fetcher
 from feeds.models import Settings
@@ -138,3 +139,23 @@ def test_due_sources_are_not_polled_early(tmp_path: Path, server: FeedServer) ->
     assert outcomes == {} and len(server.hits_for("/feed")) == 1
     outcomes, _, _ = poll(settings, now=states["a"].next_poll, force=False)  # type: ignore[arg-type]
     assert "a" in outcomes and len(server.hits_for("/feed")) == 2
+
+
+def test_a_locked_store_fails_cleanly_with_a_message(tmp_path: Path, server: FeedServer) -> None:
+    from feeds.errors import StoreError
+
+    server.serve("/feed", rss(story_item(1)))
+    settings = settings_for(tmp_path, [{"name": "a", "url": server.url("/feed")}])
+    poll(settings)
+    holder = sqlite3.connect(tmp_path / "feeds.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process is writing and does not let go
+    store = SQLiteStore(tmp_path / "feeds.db", busy_timeout=0.3)
+    try:
+        with pytest.raises(StoreError, match=r"feeds\.db: database is busy \(another feeds process is writing\)"):
+            store.save_state(store.states()["a"])
+    finally:
+        store.close()
+        holder.execute("ROLLBACK")
+        holder.close()
+    with sqlite3.connect(tmp_path / "feeds.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)

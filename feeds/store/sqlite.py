@@ -117,12 +117,12 @@ def _unpack(blob: bytes | None) -> tuple[int, ...]:
 class SQLiteStore:
     """A Store in one SQLite file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
         self.path = path
         if not path.parent.is_dir():
             raise StoreError(f"{path}: cannot open the database: directory {path.parent} does not exist")
         try:
-            self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+            self._db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
