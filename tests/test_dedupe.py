@@ -176,7 +176,7 @@ def test_output_with_exact_dedupe_keeps_near_duplicates_apart(tmp_path: Path, se
         "title": "Seawall approved",
         "link": "https://b.example/1",
         "guid": "b1",
-        "description": f"<p>OSLO -- {BODY}</p><p>Subscribe to our newsletter</p>",
+        "description": f"<p>OSLO -- {BODY} Critics said the wall would block the view.</p>",
     }
     server.serve("/a", rss(full, title="A"))
     server.serve("/b", rss(copy, title="B"))
