@@ -152,11 +152,12 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(tmp_path: Path, se
             for i in range(40)
         ]
         sources.append({"name": f"s{s}", "url": server.serve(f"/s{s}", rss(*items), delay=rng.uniform(0.05, 0.3))})
-    config = write_config(tmp_path, sources, extra="fetch: {workers: 4, per_host: 4}")
+    config = write_config(tmp_path, sources, extra="tick: 1s\nfetch: {workers: 4, per_host: 4}")
     atom = tmp_path / "public" / "all.atom"
-    for _run in range(5):
+    for run in range(6):
+        verb = ["poll", "--force"] if run % 2 else ["run", "--no-serve"]  # the daemon and cron alike
         process = subprocess.Popen(
-            [sys.executable, "-m", "feeds", "poll", "--force", "-q", "-c", str(config)],
+            [sys.executable, "-m", "feeds", *verb, "-q", "-c", str(config)],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
