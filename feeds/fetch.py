@@ -35,6 +35,7 @@ ACCEPT = (
 _REDIRECTS = {301, 302, 303, 307, 308}
 _PERMANENT = {301, 308}
 CHUNK = 64 * 1024
+INFLATE_STEP = 1024 * 1024
 
 Resolver = Callable[[str], list[str]]
 
@@ -210,12 +211,14 @@ class Fetcher:
             wire += len(chunk)
             if wire > settings.max_wire_bytes:
                 raise CapExceededError(f"response is over the {settings.max_wire_bytes}-byte cap")
-            if inflater is not None:
-                # max_length bounds memory even for a gzip bomb: we never inflate past the cap + 1.
-                chunk = inflater.decompress(chunk, settings.max_body_bytes - len(body) + 1)
-                if inflater.unconsumed_tail:
-                    raise CapExceededError(f"decompressed body is over the {settings.max_body_bytes}-byte cap")
-            body += chunk
+            if inflater is None:
+                body += chunk
+            else:
+                # Inflate in bounded steps: a gzip bomb never holds more than the cap plus one step.
+                pending = chunk
+                while pending and len(body) <= settings.max_body_bytes:
+                    body += inflater.decompress(pending, INFLATE_STEP)
+                    pending = inflater.unconsumed_tail
             if len(body) > settings.max_body_bytes:
                 raise CapExceededError(f"decompressed body is over the {settings.max_body_bytes}-byte cap")
         if inflater is not None:
