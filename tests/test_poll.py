@@ -125,7 +125,7 @@ def test_store_survives_reopen_and_has_schema_version(tmp_path: Path, server: Fe
     settings = settings_for(tmp_path, [{"name": "a", "url": server.url("/feed")}])
     poll(settings)
     store = SQLiteStore(tmp_path / "feeds.db")
-    assert store.schema_version == 1
+    assert store.schema_version == 2
     assert store.states()["a"].status == "ok"
     assert db_rows(settings, "PRAGMA journal_mode") == [("wal",)]
     store.close()

@@ -99,6 +99,19 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX story_bands_seq ON story_bands(seq);
     CREATE TABLE outputs (name TEXT PRIMARY KEY, digest TEXT NOT NULL, published REAL NOT NULL);
     """,
+    # 2: each cluster keeps when it was first reported, so publishing walks the newest clusters
+    # through an index and stops at the output's limit instead of grouping every stored story
+    """
+    ALTER TABLE clusters ADD COLUMN first_time REAL;
+    DROP INDEX stories_cluster;
+    DROP INDEX stories_exact_cluster;
+    CREATE INDEX stories_cluster_source ON stories(cluster_id, source);
+    CREATE INDEX stories_exact_cluster_source ON stories(exact_cluster_id, source);
+    UPDATE clusters SET first_time = CASE kind
+        WHEN 'near' THEN (SELECT MIN(COALESCE(published, first_seen)) FROM stories WHERE cluster_id = clusters.id)
+        ELSE (SELECT MIN(COALESCE(published, first_seen)) FROM stories WHERE exact_cluster_id = clusters.id) END;
+    CREATE INDEX clusters_kind_time ON clusters(kind, first_time);
+    """,
 )
 
 
@@ -220,9 +233,9 @@ class SQLiteStore:
         ids = [
             r[0]
             for r in self._db.execute(
-                f"SELECT {column}, MIN(COALESCE(published, first_seen)) AS t FROM stories "
-                f"WHERE source IN ({marks}) GROUP BY {column} ORDER BY t DESC, {column} DESC LIMIT ?",
-                (*names, limit),
+                f"SELECT c.id FROM clusters c WHERE c.kind = ? AND EXISTS (SELECT 1 FROM stories s "
+                f"WHERE s.{column} = c.id AND s.source IN ({marks})) ORDER BY c.first_time DESC, c.id DESC LIMIT ?",
+                ("exact" if exact else "near", *names, limit),
             )
         ]
         if not ids:
@@ -374,10 +387,19 @@ class _Transaction:
     def _new_cluster(self, kind: str, story: Story) -> int:
         atom_id = "urn:feeds:" + stable_hash(kind, story.id, size=16)
         cursor = self.db.execute(
-            "INSERT INTO clusters (kind, atom_id, lead, created) VALUES (?, ?, ?, ?)",
-            (kind, atom_id, story.id, to_epoch(story.first_seen)),
+            "INSERT INTO clusters (kind, atom_id, lead, created, first_time) VALUES (?, ?, ?, ?, ?)",
+            (kind, atom_id, story.id, to_epoch(story.first_seen), to_epoch(story.when)),
         )
         return int(cursor.lastrowid or 0)
+
+    def _refresh_first_time(self, story_id: str) -> None:
+        """Recompute when the clusters of a story were first reported (after an edit or a join)."""
+        for column in ("cluster_id", "exact_cluster_id"):
+            self.db.execute(
+                f"UPDATE clusters SET first_time = (SELECT MIN(COALESCE(published, first_seen)) FROM stories "
+                f"WHERE {column} = clusters.id) WHERE id = (SELECT {column} FROM stories WHERE id = ?)",
+                (story_id,),
+            )
 
     def add_story(self, story: Story, fp: Fingerprint, decision: Decision) -> None:
         cluster_id = decision.cluster_id if decision.cluster_id is not None else self._new_cluster("near", story)
@@ -397,6 +419,8 @@ class _Transaction:
         self.db.execute(f"INSERT INTO stories ({names}) VALUES ({', '.join('?' * len(columns))})", tuple(columns.values()))
         self.add_guid(story.source, story.guid, story.id)
         self._index(story.id, story.first_seen, fp)
+        if decision.cluster_id is not None or decision.exact_cluster_id is not None:
+            self._refresh_first_time(story.id)
 
     def _index(self, story_id: str, first_seen: datetime, fp: Fingerprint) -> None:
         self.db.executemany("INSERT OR IGNORE INTO story_keys VALUES (?, ?)", [(k, story_id) for k in fp.keys])
@@ -414,6 +438,7 @@ class _Transaction:
         columns = {**_content_columns(story, fp), "published": to_epoch(published), "updated": to_epoch(updated)}
         assignments = ", ".join(f"{name} = ?" for name in columns)
         self.db.execute(f"UPDATE stories SET {assignments} WHERE id = ?", (*columns.values(), story_id))
+        self._refresh_first_time(story_id)
         self.db.execute("DELETE FROM story_keys WHERE story_id = ?", (story_id,))
         self.db.execute("DELETE FROM story_bands WHERE seq = (SELECT seq FROM stories WHERE id = ?)", (story_id,))
         self._index(story_id, first_seen or story.first_seen, fp)

@@ -1,0 +1,67 @@
+"""The SQLite store: numbered migrations keep the user's data; corrupt or newer files are refused."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from feeds.errors import StoreError
+from feeds.store.sqlite import MIGRATIONS, SQLiteStore
+
+
+def version_1_database(path: Path) -> None:
+    """A database as feeds 0.1 schema version 1 left it, with two clusters of stories."""
+    db = sqlite3.connect(path, isolation_level=None)
+    for statement in MIGRATIONS[0].split(";"):
+        if statement.strip():
+            db.execute(statement)
+    db.execute("PRAGMA user_version=1")
+    rows = [
+        # (seq, id, source, published, cluster, exact cluster)
+        (1, "old", "a", 1_000.0, 1, 2),
+        (2, "new", "a", 5_000.0, 3, 4),
+        (3, "new-copy", "b", 4_000.0, 3, 5),
+    ]
+    for cluster_id, kind in ((1, "near"), (2, "exact"), (3, "near"), (4, "exact"), (5, "exact")):
+        db.execute("INSERT INTO clusters VALUES (?, ?, ?, ?, 0)", (cluster_id, kind, f"urn:feeds:{cluster_id}", "x"))
+    for seq, sid, source, published, near, exact in rows:
+        db.execute(
+            "INSERT INTO stories (seq, id, source, guid, title, published, first_seen, content_hash, cluster_id, exact_cluster_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 'h', ?, ?)",
+            (seq, sid, source, sid, f"title {sid}", published, published, near, exact),
+        )
+        db.execute("INSERT INTO guids VALUES (?, ?, ?)", (source, sid, sid))
+    db.execute("UPDATE clusters SET lead = 'old' WHERE id IN (1, 2)")
+    db.execute("UPDATE clusters SET lead = 'new' WHERE id IN (3, 4)")
+    db.execute("UPDATE clusters SET lead = 'new-copy' WHERE id = 5")
+    db.close()
+
+
+def test_version_1_database_migrates_without_losing_anything(tmp_path: Path) -> None:
+    path = tmp_path / "feeds.db"
+    version_1_database(path)
+    store = SQLiteStore(path)
+    assert store.schema_version == len(MIGRATIONS) == 2
+    near = store.clusters(["a", "b"], exact=False, limit=10)
+    assert [c.atom_id for c in near] == ["urn:feeds:3", "urn:feeds:1"]  # newest first reported first
+    assert [s.id for s in near[0].members] == ["new", "new-copy"]
+    exact = store.clusters(["a", "b"], exact=True, limit=10)
+    assert [c.atom_id for c in exact] == ["urn:feeds:4", "urn:feeds:5", "urn:feeds:2"]
+    assert store.story_counts() == {"a": 2, "b": 1}
+    only_b = store.clusters(["b"], exact=False, limit=10)
+    assert [(c.atom_id, [s.id for s in c.members]) for c in only_b] == [("urn:feeds:3", ["new-copy"])]
+    store.close()
+    assert SQLiteStore(path).schema_version == 2  # reopening runs nothing twice
+
+
+def test_newer_and_corrupt_databases_are_refused_with_the_path(tmp_path: Path) -> None:
+    newer = tmp_path / "newer.db"
+    sqlite3.connect(newer).execute("PRAGMA user_version=99").connection.close()
+    with pytest.raises(StoreError, match=r"newer\.db: schema version 99 is newer than this feeds"):
+        SQLiteStore(newer)
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match=r"corrupt\.db: cannot open the database"):
+        SQLiteStore(corrupt)
