@@ -10,6 +10,10 @@ python scripts/bench.py dedupe [--sizes 10000,100000,1000000] [--probes 300] [--
     the window, the worst case. --batch commits that many stories at once, as a poll that brings
     several new entries does. Target: largest/smallest ratio < 2, well under a millisecond.
 
+python scripts/bench.py publish [--sizes 10000,100000,1000000]
+    Time to select the newest 100 entries of an output (what every publish does) from stores of
+    N stories in N/2 clusters across 50 sources, for an output of every source and one of 5.
+
 python scripts/bench.py hostile
     Peak memory (RSS) of polling the largest hostile sources: a 200 MB gzip bomb, a huge body,
     billion laughs. Each runs in a fresh process so the peaks do not mix.
@@ -148,6 +152,38 @@ def bench_dedupe(sizes: list[int], probes: int, *, rate: float, batch: int) -> N
     print(f"ratio largest/smallest: clustering {large[0] / small[0]:.2f}, with persisting {large[1] / small[1]:.2f}")
 
 
+def bench_publish(sizes: list[int]) -> None:
+    """Print how long selecting an output's newest 100 clusters takes at each store size."""
+    print(f"{'stories':>10}{'every source ms':>17}{'5 of 50 sources ms':>20}")
+    for size in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            store = SQLiteStore(Path(tmp) / "bench.db")
+            db = store._db
+            db.execute("BEGIN")
+            db.executemany(
+                "INSERT INTO clusters (id, kind, atom_id, lead, created, first_time) VALUES (?, 'near', ?, ?, 0, ?)",
+                ((c + 1, f"urn:{c}", f"s{c * 2}", float(c)) for c in range(size // 2)),
+            )
+            db.executemany(
+                "INSERT INTO stories (seq, id, source, guid, title, published, first_seen, content_hash, cluster_id, exact_cluster_id) "
+                "VALUES (?, ?, ?, ?, 't', ?, ?, 'h', ?, ?)",
+                ((n + 1, f"s{n}", f"src{n % 50}", f"g{n}", float(n // 2), float(n // 2), n // 2 + 1, n // 2 + 1) for n in range(size)),
+            )
+            db.execute("COMMIT")
+            every = [f"src{i}" for i in range(50)]
+            timings = []
+            for sources in (every, every[:5]):
+                samples = []
+                for _ in range(20):
+                    t0 = time.perf_counter()
+                    clusters = store.clusters(sources, exact=False, limit=100)
+                    samples.append((time.perf_counter() - t0) * 1000)
+                assert len(clusters) == 100
+                timings.append(statistics.median(samples))
+            store.close()
+        print(f"{size:>10}{timings[0]:>17.2f}{timings[1]:>20.2f}", flush=True)
+
+
 HOSTILE_CHILD = r"""
 import json, sys, time
 from feeds.fetch import Fetcher
@@ -198,10 +234,14 @@ def main() -> int:
     dedupe.add_argument("--probes", type=int, default=300)
     dedupe.add_argument("--rate", type=float, default=5000, help="stories per day the stores grew by (0: all in the window)")
     dedupe.add_argument("--batch", type=int, default=1, help="stories per transaction")
+    publish = verbs.add_parser("publish")
+    publish.add_argument("--sizes", default="10000,100000,1000000")
     verbs.add_parser("hostile")
     args = parser.parse_args()
     if args.verb == "dedupe":
         bench_dedupe([int(s) for s in args.sizes.split(",")], args.probes, rate=args.rate, batch=args.batch)
+    elif args.verb == "publish":
+        bench_publish([int(s) for s in args.sizes.split(",")])
     else:
         bench_hostile()
     return 0
