@@ -201,7 +201,13 @@ def similarity(a: Sequence[int], b: Sequence[int]) -> tuple[float, float]:
 
 
 def assign(fp: Fingerprint, story: Story, candidates: Sequence[Candidate], settings: DedupeSettings) -> Decision:
-    """Join the cluster of the best verified match, or start a new one."""
+    """Join the cluster of the best verified match, or start a new one.
+
+    Merging is across outlets, or the same article URL: a source's own distinct articles are
+    never merged with each other, however alike (templated reports, a podcast's stock blurb).
+    """
+    url_keys = {k for k in fp.keys if k.startswith("u:")}
+    candidates = [c for c in candidates if c.source != story.source or url_keys & set(c.keys)]
     exact = [c for c in candidates if set(c.keys) & set(fp.keys)]
     if exact:
         best = min(exact, key=lambda c: (c.source != story.source, c.story_id))

@@ -189,3 +189,22 @@ def test_output_with_exact_dedupe_keeps_near_duplicates_apart(tmp_path: Path, se
     merged = feedparser.parse((tmp_path / "public" / "merged.atom").read_bytes())
     raw = feedparser.parse((tmp_path / "public" / "raw.atom").read_bytes())
     assert len(merged.entries) == 1 and len(raw.entries) == 2
+
+
+def test_a_sources_own_articles_never_merge_with_each_other() -> None:
+    template = "<p>Traffic report for {day}: the northbound bypass is slow between exits 4 and 9, the bridge is clear, and buses on routes 2, 7 and 12 run about five minutes late this morning.</p>"
+    monday = story("mon", template.format(day="Monday"), source="city", url="https://city.example/traffic/monday")
+    tuesday = story("tue", template.format(day="Tuesday"), source="city", url="https://city.example/traffic/tuesday")
+    assert similarity(fingerprint(monday, SETTINGS).shingles, fingerprint(tuesday, SETTINGS).shingles)[0] > 0.8
+    assert assign(fingerprint(tuesday, SETTINGS), tuesday, [candidate(monday)], SETTINGS).kind == "new"
+    blurb = "<p>A weekly conversation about city hall, the budget and the people who run the place.</p>"
+    ep1 = story("ep1", blurb, source="pod", title="Episode 1", url="https://pod.example/1")
+    ep2 = story("ep2", blurb, source="pod", title="Episode 2", url="https://pod.example/2")
+    assert assign(fingerprint(ep2, SETTINGS), ep2, [candidate(ep1)], SETTINGS).kind == "new"
+    # the same article of one source under a tracking variant of its URL is still one story
+    tracked = replace(ep1, id="ep1b", guid="ep1b", link="https://pod.example/1?utm_source=x", canonical_url="https://pod.example/1")
+    decision = assign(fingerprint(tracked, SETTINGS), tracked, [candidate(ep1)], SETTINGS)
+    assert decision.kind == "exact" and decision.replaces == "ep1"
+    # across outlets the same text still merges
+    other = replace(ep2, source="radio", link=None, canonical_url=None)
+    assert assign(fingerprint(other, SETTINGS), other, [candidate(ep1)], SETTINGS).kind == "exact"
