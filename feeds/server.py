@@ -182,19 +182,19 @@ def river_item_html(item: dict[str, Any]) -> str:
     )
 
 
-def _page(title: str, head: str, body: str) -> str:
+def _page(title: str, head: str, body: str, *, root: str) -> str:
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{html.escape(title)}</title>"
-        '<link rel="stylesheet" href="/static/river.css">'
+        f'<link rel="stylesheet" href="{root}static/river.css">'
         f"{head}</head><body>{body}</body></html>"
     )
 
 
-def _alternates(name: str, title: str) -> str:
+def _alternates(name: str, title: str, *, root: str) -> str:
     return "".join(
-        f'<link rel="alternate" type="{FORMATS[fmt]}" title={quoteattr(f"{title} ({label})")} href="/{name}.{fmt}">'
+        f'<link rel="alternate" type="{FORMATS[fmt]}" title={quoteattr(f"{title} ({label})")} href="{root}{name}.{fmt}">'
         for fmt, label in (("atom", "Atom"), ("rss", "RSS"), ("json", "JSON Feed"))
     )
 
@@ -256,18 +256,18 @@ def create_app(
             items = document.get("items") or []
             title = document.get("title") or output.title
             newest = max((s for s in (_stamp(i) for i in items) if s), default=None)
-            head += _alternates(name, title)
+            head += _alternates(name, title, root="")
             rows.append(
-                f'<li><h2><a href="/{name}/">{html.escape(title)}</a></h2>'
+                f'<li><h2><a href="{name}/">{html.escape(title)}</a></h2>'
                 f'<p class="meta">{len(items)} entries · last updated {_time_html(newest) or "never"}</p>'
-                f'<p class="subscribe">Subscribe: <a href="/{name}.atom">Atom</a> · <a href="/{name}.rss">RSS</a> · '
-                f'<a href="/{name}.json">JSON Feed</a></p></li>'
+                f'<p class="subscribe">Subscribe: <a href="{name}.atom">Atom</a> · <a href="{name}.rss">RSS</a> · '
+                f'<a href="{name}.json">JSON Feed</a></p></li>'
             )
         body = (
             f'<header><h1>feeds</h1></header><main><ul class="outputs">{"".join(rows)}</ul>'
-            '<p><a href="/sources.opml">Sources (OPML)</a></p></main>'
+            '<p><a href="sources.opml">Sources (OPML)</a></p></main>'
         )
-        return Response(_page("feeds", head, body), media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+        return Response(_page("feeds", head, body, root=""), media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
 
     def river(request: Request) -> Response:
         name = request.path_params["name"]
@@ -278,15 +278,19 @@ def create_app(
         items = document.get("items") or []
         newest = max((s for s in (_stamp(i) for i in items) if s), default=None)
         body = (
-            f'<header><p class="crumbs"><a href="/">feeds</a></p><h1>{html.escape(title)}</h1>'
+            f'<header><p class="crumbs"><a href="../">feeds</a></p><h1>{html.escape(title)}</h1>'
             f'<p class="meta">Last updated <span id="last-updated">{_time_html(newest) or "never"}</span> · '
-            f'<a href="/{name}.atom">Atom</a> · <a href="/{name}.rss">RSS</a> · <a href="/{name}.json">JSON Feed</a>'
+            f'<a href="../{name}.atom">Atom</a> · <a href="../{name}.rss">RSS</a> · <a href="../{name}.json">JSON Feed</a>'
             f' <span id="live" class="live" hidden>live</span></p></header>'
-            f'<main id="river" data-events="/{name}/events" data-seq="{_max_seq(document)}">'
+            f'<main id="river" data-events="events" data-seq="{_max_seq(document)}">'
             f"{''.join(river_item_html(i) for i in items) or '<p class=empty>No stories yet.</p>'}</main>"
-            '<script src="/static/river.js" defer></script>'
+            '<script src="../static/river.js" defer></script>'
         )
-        return Response(_page(title, _alternates(name, title), body), media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+        return Response(
+            _page(title, _alternates(name, title, root="../"), body, root="../"),
+            media_type="text/html; charset=utf-8",
+            headers=PAGE_HEADERS,
+        )
 
     async def events(request: Request) -> Response:
         name = request.path_params["name"]
