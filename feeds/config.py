@@ -74,6 +74,7 @@ class _Output(_Model):
     include: _Include = _Include()
     limit: Annotated[int, Field(ge=1, le=10_000)] = 100
     dedupe: Literal["near", "exact"] = "near"
+    report_failures: Duration | None = None
 
 
 class _Fetch(_Model):
@@ -335,6 +336,7 @@ def _settings(model: _Config, path: Path) -> Settings:
             include_tags=tuple(o.include.tags),
             limit=o.limit,
             dedupe=o.dedupe,
+            report_failures=o.report_failures,
         )
         for o in model.outputs
     )

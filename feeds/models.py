@@ -197,6 +197,7 @@ class OutputSpec:
     limit: int = 100
     dedupe: Literal["near", "exact"] = "near"
     description: str | None = None
+    report_failures: timedelta | None = None  # publish an entry for sources failing at least this long
 
     def includes(self, source: Source) -> bool:
         """True when stories of this source belong in the output."""

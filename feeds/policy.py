@@ -15,7 +15,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from feeds.models import FetchResult, ParsedFeed, Source, SourceState
-from feeds.timeutil import format_duration, parse_http_date, parse_retry_after
+from feeds.timeutil import parse_http_date, parse_retry_after, to_rfc3339
 
 JITTER = 0.1  # up to +10% so sources configured alike are not polled in lockstep
 CONFIRMATIONS = 2  # a permanent redirect must be seen this many polls in a row before we move
@@ -211,7 +211,7 @@ def _failed(state: SourceState, result: FetchResult, *, source: Source, now: dat
     next_poll = now + wait
     if retry_after is not None:
         next_poll = max(next_poll, retry_after)
-        message += f" (Retry-After: not before {format_duration(retry_after - now)} from now)"
+        message += f" (Retry-After: not before {to_rfc3339(retry_after)})"
     return replace(
         state,
         status="failing",

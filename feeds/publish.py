@@ -7,21 +7,21 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
 from feeds.errors import PublishError
 from feeds.metrics import PUBLISH_SECONDS, PUBLISHES
-from feeds.models import Settings
-from feeds.render import FeedView, SourceInfo, render_all
+from feeds.models import OutputSpec, Settings, SourceState
+from feeds.render import Alert, FeedView, SourceInfo, render_all
 from feeds.store import Store
 
 log = logging.getLogger(__name__)
 
 
-def source_infos(settings: Settings, store: Store) -> dict[str, SourceInfo]:
+def source_infos(settings: Settings, states: Mapping[str, SourceState]) -> dict[str, SourceInfo]:
     """What outputs say about each configured source: config plus what its feed told us."""
-    states = store.states()
     infos = {}
     for source in settings.sources:
         state = states.get(source.name)
@@ -35,6 +35,22 @@ def source_infos(settings: Settings, store: Store) -> dict[str, SourceInfo]:
             updated=state.feed_updated if state else None,
         )
     return infos
+
+
+def failure_alerts(
+    output: OutputSpec, names: Sequence[str], infos: Mapping[str, SourceInfo], states: Mapping[str, SourceState], *, now: datetime
+) -> tuple[Alert, ...]:
+    """Entries for the output's sources failing at least `report_failures` (outputs opt in)."""
+    if output.report_failures is None:
+        return ()
+    alerts = []
+    for name in names:
+        state = states.get(name)
+        if state is None or state.failing_since is None or state.status not in ("failing", "gone"):
+            continue
+        if state.status == "gone" or now - state.failing_since >= output.report_failures:
+            alerts.append(Alert(infos[name], state.failing_since, state.error or "unknown error", gone=state.status == "gone"))
+    return tuple(sorted(alerts, key=lambda a: a.since, reverse=True))
 
 
 def write_atomic(path: Path, data: bytes) -> bool:
@@ -88,12 +104,14 @@ def publish_all(settings: Settings, store: Store, *, now: datetime) -> list[str]
         raise PublishError(f"{directory}: cannot create the publish directory: {exc.strerror}") from exc
     started = time.perf_counter()
     remove_stale_temp_files(directory, now=now)
-    infos = source_infos(settings, store)
+    states = store.states()
+    infos = source_infos(settings, states)
     written = []
     for output in settings.outputs:
         names = [s.name for s in settings.sources if output.includes(s)]
         clusters = store.clusters(names, exact=output.dedupe == "exact", limit=output.limit)
-        view = FeedView(output, tuple(clusters), {n: infos[n] for n in names}, settings.base_url, hub=settings.websub.hub)
+        alerts = failure_alerts(output, names, infos, states, now=now)
+        view = FeedView(output, tuple(clusters), {n: infos[n] for n in names}, settings.base_url, hub=settings.websub.hub, alerts=alerts)
         files = render_all(view)
         digest = hashlib.sha256(b"".join(files.values())).hexdigest()
         for fmt, data in files.items():

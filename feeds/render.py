@@ -41,6 +41,27 @@ class SourceInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Alert:
+    """A source failing long enough to tell the output's readers (outputs opt in)."""
+
+    source: SourceInfo
+    since: datetime
+    message: str
+    gone: bool = False
+
+    @property
+    def id(self) -> str:
+        """Stable for one outage, so readers see one entry per outage."""
+        return f"urn:feeds:failing:{self.source.name}:{int(self.since.timestamp())}"
+
+    @property
+    def title(self) -> str:
+        """What the entry says."""
+        state = "is gone (HTTP 410)" if self.gone else f"has been failing since {self.since.strftime('%Y-%m-%d %H:%M UTC')}"
+        return f"Source {self.source.title} {state}"
+
+
+@dataclass(frozen=True, slots=True)
 class FeedView:
     """Everything an output format needs: the output, its clusters and its sources."""
 
@@ -49,6 +70,7 @@ class FeedView:
     sources: Mapping[str, SourceInfo]
     base_url: str
     hub: str | None = None  # a WebSub hub to advertise
+    alerts: tuple[Alert, ...] = ()
 
     def url(self, fmt: str) -> str:
         """The public URL of this output in one format."""
@@ -62,7 +84,7 @@ class FeedView:
     @property
     def updated(self) -> datetime:
         """The newest entry's stamp (what readers show as last updated), not the render time."""
-        return max((c.updated for c in self.clusters), default=EPOCH)
+        return max([*(c.updated for c in self.clusters), *(a.since for a in self.alerts)], default=EPOCH)
 
     def outlet(self, story: Story) -> SourceInfo:
         """The SourceInfo of a story's source (a placeholder if it left the config)."""
@@ -153,9 +175,29 @@ def _generator(view: FeedView) -> FeedGenerator:
     fg.lastBuildDate(view.updated)
     fg.generator("feeds", version=__version__, uri=PROJECT_URL)
     fg.language("en")
+    for alert in view.alerts:
+        _alert_entry(fg.add_entry(order="append"), view, alert)
     for cluster in view.clusters:
         _entry(fg.add_entry(order="append"), view, cluster)
     return fg
+
+
+def alert_html(alert: Alert) -> str:
+    """The body of a failing-source entry: the last error, escaped."""
+    return f"<p>{html.escape(alert.title)}.</p><p>Last error: {html.escape(alert.message)}</p>"
+
+
+def _alert_entry(fe: FeedEntry, view: FeedView, alert: Alert) -> None:
+    fe.id(alert.id)
+    fe.guid(alert.id, permalink=False)
+    fe.title(alert.title)
+    fe.updated(alert.since)
+    fe.published(alert.since)
+    fe.author({"name": "feeds"})
+    fe.content(alert_html(alert), type="html")
+    fe.category(term="feeds:source-failing")
+    fe.feedssource.info = alert.source
+    fe.feedssource.updated = alert.since
 
 
 def _entry(fe: FeedEntry, view: FeedView, cluster: Cluster) -> None:
@@ -207,7 +249,19 @@ def render_rss(view: FeedView) -> bytes:
 
 def render_json(view: FeedView) -> bytes:
     """The output as a JSON Feed 1.1 document."""
-    items = []
+    items: list[dict[str, Any]] = [
+        {
+            "id": alert.id,
+            "title": alert.title,
+            "content_html": alert_html(alert),
+            "date_published": to_rfc3339(alert.since),
+            "date_modified": to_rfc3339(alert.since),
+            "authors": [{"name": "feeds"}],
+            "tags": ["feeds:source-failing"],
+            "_feeds": {"seq": 0, "source": {"name": alert.source.name, "title": alert.source.title}, "via": []},
+        }
+        for alert in view.alerts
+    ]
     for cluster in view.clusters:
         lead = cluster.lead
         outlet = view.outlet(lead)

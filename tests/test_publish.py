@@ -154,3 +154,26 @@ def test_unusable_publish_dir_and_database_get_one_line_errors(tmp_path: Path, s
     config.write_text(config.read_text().replace("storage: sqlite:///feeds.db", "storage: sqlite:///no/such/dir/feeds.db"))
     result = run_feeds("poll", "-c", str(config))
     assert result.returncode == 2 and f"{tmp_path / 'no/such/dir/feeds.db'}: cannot open the database" in result.stderr
+
+
+def test_failing_sources_surface_in_outputs_that_opt_in(tmp_path: Path, server: FeedServer) -> None:
+    server.serve("/ok", rss(story_item(1)))
+    server.serve("/down", "boom", status=500)
+    settings = settings_for(
+        tmp_path,
+        [{"name": "ok", "url": server.url("/ok")}, {"name": "down", "url": server.url("/down"), "title": "Down Town"}],
+        outputs="outputs:\n  - {name: all, title: All}\n  - {name: watched, title: Watched, report_failures: 1h}\n",
+    )
+    poll(settings)
+    poll(settings, now=NOW + timedelta(minutes=30))
+    assert "failing" not in (tmp_path / "public" / "watched.atom").read_text()  # not failing long enough yet
+    poll(settings, now=NOW + timedelta(hours=2))
+    watched = feedparser.parse((tmp_path / "public" / "watched.atom").read_bytes())
+    alert = watched.entries[0]
+    assert alert.title == "Source Down Town has been failing since 2026-11-25 12:00 UTC"
+    assert "HTTP 500" in alert.content[0].value and alert.id == f"urn:feeds:failing:down:{int(NOW.timestamp())}"
+    assert not watched.bozo and "Story 1" in [e.title for e in watched.entries]
+    assert "failing" not in (tmp_path / "public" / "all.atom").read_text()  # only outputs that opt in
+    server.serve("/down", rss(story_item(2)))
+    poll(settings, now=NOW + timedelta(hours=3))
+    assert "failing" not in (tmp_path / "public" / "watched.atom").read_text()  # recovered: the entry goes
