@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from http.cookiejar import DefaultCookiePolicy
 from pathlib import Path
@@ -92,15 +92,19 @@ class Fetcher:
             log.exception("fetch-error source=%s url=%s", state.name, url)
             return FetchResult(url=url, final_url=url, status=None, error=f"fetch failed: {exc}", elapsed=time.monotonic() - started)
 
-    def fetch_many(self, states: Iterable[SourceState]) -> Iterator[tuple[SourceState, FetchResult]]:
-        """Fetch several sources in parallel (bounded pool, per-host limit); yield as each completes."""
+    def fetch_many(self, states: Iterable[SourceState]) -> Generator[tuple[SourceState, FetchResult]]:
+        """Fetch several sources in parallel (bounded pool, per-host limit); yield as each completes.
+        Closing the generator early cancels the fetches that have not started."""
         states = list(states)
         if not states:
             return
-        with ThreadPoolExecutor(max_workers=max(1, min(self.settings.workers, len(states))), thread_name_prefix="fetch") as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, min(self.settings.workers, len(states))), thread_name_prefix="fetch")
+        try:
             futures: dict[Future[FetchResult], SourceState] = {pool.submit(self.fetch, s): s for s in states}
             for future in as_completed(futures):
                 yield futures[future], future.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _read_file(self, url: str, started: float) -> FetchResult:
         path = Path(unquote(urlsplit(url).path))

@@ -53,11 +53,14 @@ def poll_due(
     """Poll every due source once (fetches run in parallel); return what each poll did."""
     plan = due_sources(settings, store, now=now, force=force, names=names)
     sources = {state.name: source for source, state in plan}
-    outcomes = []
-    for state, result in fetcher.fetch_many(state for _, state in plan):
+    outcomes: list[PollOutcome] = []
+    results = fetcher.fetch_many(state for _, state in plan)
+    for state, result in results:
         if stop is not None and stop.is_set():
-            log.info("poll-abandoned source=%s reason=shutdown", state.name)
-            continue
+            # Sources not yet stored keep their state: they are due again on the next run.
+            log.info("poll-abandoned done=%d left=%d reason=shutdown", len(outcomes), len(plan) - len(outcomes))
+            results.close()
+            break
         outcomes.append(process_result(settings, store, sources[state.name], state, result, now=now))
     if any(o.new for o in outcomes):
         store.prune_index(before=now - settings.dedupe.window)

@@ -159,3 +159,23 @@ def test_a_locked_store_fails_cleanly_with_a_message(tmp_path: Path, server: Fee
         holder.close()
     with sqlite3.connect(tmp_path / "feeds.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_shutdown_abandons_sources_not_yet_fetched(tmp_path: Path, server: FeedServer) -> None:
+    import threading
+
+    sources = [{"name": f"s{i}", "url": server.serve(f"/s{i}", rss(story_item(i)), delay=0.5)} for i in range(6)]
+    settings = settings_for(tmp_path, sources, extra="fetch: {workers: 1, per_host: 1}")
+    store = open_store(settings.storage, base=tmp_path)
+    fetcher = Fetcher(settings.fetch)
+    stop = threading.Event()
+    threading.Timer(0.7, stop.set).start()
+    try:
+        outcomes = poll_due(settings, store, fetcher, now=NOW, stop=stop)
+        assert len(outcomes) == 1  # the first source finished before the stop, and was stored
+        assert len(server.hits) <= 3  # in flight when the stop came (and the next one started meanwhile); the rest never ran
+        states = store.states()
+        assert set(states) == {outcomes[0].source}  # the rest keep no state: due again next run
+    finally:
+        fetcher.close()
+        store.close()
