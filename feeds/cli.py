@@ -138,9 +138,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int
         _serve(args, settings, health=lambda: _files_health(settings))
         return OK
     if args.verb == "poll":
-        unknown = [n for n in args.names if settings.source(n) is None]
-        if unknown:
-            print(f"feeds: no source named {', '.join(unknown)} in {settings.path}", file=sys.stderr)
+        if _unknown_sources(settings, args.names):
             return USAGE
         fetcher = Fetcher(settings.fetch)
         try:
@@ -168,9 +166,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int
             return _explain(store, args.story)
         return _clusters(settings, store, exact=args.exact, as_json=args.json)
     if args.verb == "sources" and args.sources_verb == "reset":
-        unknown = [n for n in args.names if settings.source(n) is None]
-        if unknown:
-            print(f"feeds: no source named {', '.join(unknown)} in {settings.path}", file=sys.stderr)
+        if _unknown_sources(settings, args.names):
             return USAGE
         for name in args.names:
             source = settings.source(name)
@@ -179,6 +175,14 @@ def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int
             print(f"reset {name}: it will be polled on the next cycle")
         return OK
     raise AssertionError(args.verb)
+
+
+def _unknown_sources(settings: Settings, names: Sequence[str]) -> bool:
+    """Say which names are not configured sources; True if any."""
+    unknown = [n for n in names if settings.source(n) is None]
+    if unknown:
+        print(f"feeds: no source named {', '.join(unknown)} in {settings.path}", file=sys.stderr)
+    return bool(unknown)
 
 
 def _store_opener(settings: Settings) -> Callable[[], Store]:
