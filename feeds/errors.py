@@ -27,10 +27,6 @@ class SourceError(FeedsError):
         self.message = message
 
 
-class FetchError(SourceError):
-    """The source could not be fetched (transport error, HTTP error, a cap was hit)."""
-
-
 class ParseError(SourceError):
     """The body is not a feed we can read."""
 

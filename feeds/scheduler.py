@@ -18,7 +18,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from feeds.errors import FeedsError
 from feeds.fetch import Fetcher
-from feeds.models import PollOutcome, Settings
+from feeds.models import Settings
 from feeds.poll import poll_due
 from feeds.publish import publish_all
 from feeds.store import Store
@@ -53,7 +53,6 @@ class Daemon:
         self.subscribe = subscribe
         self.stopping = threading.Event()
         self.last_tick: datetime | None = None
-        self.last_outcomes: list[PollOutcome] = []
         self._scheduler = BackgroundScheduler(timezone=UTC)
         self._lock = threading.Lock()
 
@@ -64,7 +63,7 @@ class Daemon:
         try:
             now = self.clock()
             outcomes = poll_due(self.settings, self.store, self.fetcher, now=now, stop=self.stopping)
-            self.last_tick, self.last_outcomes = now, outcomes
+            self.last_tick = now
             if any(o.new or o.updated for o in outcomes):
                 self.announce(publish_all(self.settings, self.store, now=self.clock()))
             if self.subscribe is not None:

@@ -9,7 +9,7 @@ import calendar
 import re
 import time
 from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime, parsedate_to_datetime
+from email.utils import parsedate_to_datetime
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -82,11 +82,6 @@ def parse_http_date(text: str | None) -> datetime | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC)
-
-
-def format_http_date(value: datetime) -> str:
-    """Aware datetime -> `Wed, 25 Nov 2026 21:29:27 GMT`."""
-    return format_datetime(value.astimezone(UTC), usegmt=True)
 
 
 def parse_retry_after(text: str | None, *, now: datetime) -> datetime | None:

@@ -207,11 +207,6 @@ class SQLiteStore:
         with self._write() as db:
             _save_state(db, state)
 
-    def delete_state(self, name: str) -> None:
-        """Forget a source's polling state (its stories stay)."""
-        with self._write() as db:
-            db.execute("DELETE FROM sources WHERE name = ?", (name,))
-
     def story_counts(self) -> dict[str, int]:
         """How many stories each source has stored."""
         rows = self._db.execute("SELECT source, COUNT(*) AS n FROM stories GROUP BY source")
@@ -340,12 +335,12 @@ class _Transaction:
         for start in range(0, len(guids), 500):
             chunk = list(guids[start : start + 500])
             rows = self.db.execute(
-                "SELECT g.guid, s.id, s.content_hash, s.first_seen, s.published FROM guids g "
+                "SELECT g.guid, s.id, s.content_hash FROM guids g "
                 f"JOIN stories s ON s.id = g.story_id WHERE g.source = ? AND g.guid IN ({','.join('?' * len(chunk))})",
                 (source, *chunk),
             )
             for r in rows:
-                found[r["guid"]] = KnownStory(r["id"], r["content_hash"], from_epoch(r["first_seen"]), from_epoch(r["published"]))  # type: ignore[arg-type]
+                found[r["guid"]] = KnownStory(r["id"], r["content_hash"])
         return found
 
     def candidates(self, fp: Fingerprint, *, since: datetime) -> list[Candidate]:
