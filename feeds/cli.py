@@ -142,7 +142,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int
             return USAGE
         fetcher = Fetcher(settings.fetch)
         try:
-            outcomes = poll_due(settings, store, fetcher, now=utc_now(), force=args.force, names=args.names)
+            progress = _progress if sys.stderr.isatty() and not args.json else None
+            outcomes = poll_due(settings, store, fetcher, now=utc_now(), force=args.force, names=args.names, progress=progress)
+            if progress is not None:
+                print(file=sys.stderr)
             written = publish_all(settings, store, now=utc_now())
             _announcer(settings, fetcher)(written)
         finally:
@@ -223,6 +226,11 @@ def _serve(args: argparse.Namespace, settings: Settings, *, health: HealthCheck,
 def _files_health(settings: Settings) -> tuple[bool, dict[str, Any]]:
     missing = [o.name for o in settings.outputs if not (settings.publish_dir / f"{o.name}.atom").is_file()]
     return not missing, {"publish_dir": str(settings.publish_dir), "missing_outputs": missing}
+
+
+def _progress(done: int, total: int, outcome: PollOutcome) -> None:
+    """One self-overwriting line on a terminal: how far polling has come."""
+    print(f"\rpolled {done}/{total} sources (last: {outcome.source} {outcome.status})\x1b[K", end="", file=sys.stderr, flush=True)
 
 
 def _print_outcomes(outcomes: list[PollOutcome], written: list[str], *, as_json: bool) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import datetime
 
@@ -49,8 +49,10 @@ def poll_due(
     force: bool = False,
     names: Collection[str] = (),
     stop: threading.Event | None = None,
+    progress: Callable[[int, int, PollOutcome], None] | None = None,
 ) -> list[PollOutcome]:
-    """Poll every due source once (fetches run in parallel); return what each poll did."""
+    """Poll every due source once (fetches run in parallel); return what each poll did.
+    `progress(done, total, outcome)` is told after each source."""
     plan = due_sources(settings, store, now=now, force=force, names=names)
     sources = {state.name: source for source, state in plan}
     outcomes: list[PollOutcome] = []
@@ -62,6 +64,8 @@ def poll_due(
             results.close()
             break
         outcomes.append(process_result(settings, store, sources[state.name], state, result, now=now))
+        if progress is not None:
+            progress(len(outcomes), len(plan), outcomes[-1])
     if any(o.new for o in outcomes):
         store.prune_index(before=now - settings.dedupe.window)
     return outcomes
