@@ -53,6 +53,8 @@ class Daemon:
         self.subscribe = subscribe
         self.stopping = threading.Event()
         self.last_tick: datetime | None = None
+        self.error: str | None = None  # what went wrong in the last tick, until one succeeds
+        self.publish_pending = False
         self._scheduler = BackgroundScheduler(timezone=UTC)
         self._lock = threading.Lock()
 
@@ -64,13 +66,19 @@ class Daemon:
             now = self.clock()
             outcomes = poll_due(self.settings, self.store, self.fetcher, now=now, stop=self.stopping)
             self.last_tick = now
-            if any(o.new or o.updated for o in outcomes):
+            # A publish that failed (disk full, directory gone) is retried every tick until it works.
+            self.publish_pending |= any(o.new or o.updated for o in outcomes)
+            if self.publish_pending:
                 self.announce(publish_all(self.settings, self.store, now=self.clock()))
+                self.publish_pending = False
             if self.subscribe is not None:
                 self.subscribe(self.store, self.clock())
+            self.error = None
         except FeedsError as exc:
+            self.error = str(exc)
             log.error("tick-failed error=%s", exc)
-        except Exception:
+        except Exception as exc:
+            self.error = f"internal error: {type(exc).__name__}: {exc}"
             log.exception("tick-crashed")
         finally:
             self._lock.release()
@@ -97,7 +105,8 @@ class Daemon:
         )
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Alive when the scheduler runs and ticked recently, and the store answers."""
+        """Healthy when the scheduler ticked recently, the last tick succeeded (publishing
+        included), and the store answers."""
         now = self.clock()
         late = self.settings.tick * 3 + timedelta(seconds=60)
         ticking = self._scheduler.running and self.last_tick is not None and now - self.last_tick <= late
@@ -113,11 +122,12 @@ class Daemon:
         payload = {
             "scheduler": "running" if ticking else "stalled",
             "last_tick": self.last_tick.isoformat() if self.last_tick else None,
+            "error": self.error,
             "store": "ok",
             "failing": sum(1 for s in sources.values() if s["status"] in ("failing", "gone")),
             "sources": sources,
         }
-        return ticking, payload
+        return ticking and self.error is None, payload
 
     def stop(self) -> None:
         """Stop ticking; the source being processed finishes its transaction, the rest are abandoned."""
