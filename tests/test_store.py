@@ -65,3 +65,36 @@ def test_newer_and_corrupt_databases_are_refused_with_the_path(tmp_path: Path) -
     corrupt.write_bytes(b"this is not a database" * 100)
     with pytest.raises(StoreError, match=r"corrupt\.db: cannot open the database"):
         SQLiteStore(corrupt)
+
+
+def test_band_index_is_pruned_to_the_window_at_most_hourly(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from feeds.dedupe import assign, fingerprint
+    from feeds.models import DedupeSettings, Story
+
+    store = SQLiteStore(tmp_path / "feeds.db")
+    settings = DedupeSettings()
+    now = datetime(2026, 11, 25, tzinfo=UTC)
+    text = "<p>" + " ".join(f"word{i}" for i in range(40)) + "</p>"
+    for day in (10, 1):  # one story first seen 10 days ago, one yesterday
+        story = Story(
+            source="a",
+            guid=f"g{day}",
+            id=f"s{day}",
+            title="t",
+            link=None,
+            canonical_url=None,
+            first_seen=now - timedelta(days=day),
+            summary_html=text.replace("word0", f"day{day}"),
+        )
+        fp = fingerprint(story, settings)
+        with store.transaction() as tx:
+            tx.add_story(story, fp, assign(fp, story, [], settings))
+    bands = "SELECT COUNT(*) FROM story_bands"
+    assert store._db.execute(bands).fetchone()[0] == 128
+    assert store.prune_index(before=now - settings.window) == 64  # the old story's rows go
+    assert store.prune_index(before=now - settings.window + timedelta(minutes=30)) == 0  # within the hour: skipped
+    assert store._db.execute(bands).fetchone()[0] == 64
+    assert store.story_counts() == {"a": 2}  # stories themselves are never pruned
+    store.close()

@@ -34,6 +34,7 @@ from feeds.store import (
 )
 
 BUSY_TIMEOUT = 30.0
+PRUNE_EVERY = 3600.0  # seconds of dedupe-window movement between two prunes of the band index
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: the first schema
@@ -214,7 +215,7 @@ class SQLiteStore:
 
     def cluster_count(self) -> int:
         """How many near-duplicate clusters (published entries) are stored."""
-        return int(self._db.execute("SELECT COUNT(DISTINCT cluster_id) FROM stories").fetchone()[0])
+        return int(self._db.execute("SELECT COUNT(*) FROM clusters WHERE kind = 'near'").fetchone()[0])
 
     # -- outputs ------------------------------------------------------------------------------
 
@@ -264,9 +265,17 @@ class SQLiteStore:
 
     def prune_index(self, *, before: datetime) -> int:
         """Drop near-duplicate band rows of stories first seen before `before` (outside every
-        dedupe window): lookups never use them, and the index stays as large as the window."""
+        dedupe window): lookups never use them, and the index stays as large as the window.
+
+        The delete scans the band table, so it runs at most once per PRUNE_EVERY of window
+        movement (remembered in the store, so cron runs share it), not after every poll."""
+        horizon = before.timestamp()
         with self._write() as db:
-            return db.execute("DELETE FROM story_bands WHERE first_seen < ?", (to_epoch(before),)).rowcount
+            row = db.execute("SELECT value FROM meta WHERE key = 'pruned_before'").fetchone()
+            if row is not None and horizon - float(row[0]) < PRUNE_EVERY:
+                return 0
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('pruned_before', ?)", (str(horizon),))
+            return int(db.execute("DELETE FROM story_bands WHERE first_seen < ?", (horizon,)).rowcount)
 
     def output_digest(self, name: str) -> str | None:
         """The digest of what was last published for an output."""
