@@ -89,7 +89,7 @@ def publishing_interval(feed: ParsedFeed | None) -> timedelta | None:
 def choose_interval(
     source: Source, state: SourceState, result: FetchResult, feed: ParsedFeed | None, *, now: datetime
 ) -> tuple[timedelta, str]:
-    """The polling interval for a healthy source and why: configured, adaptive or server."""
+    """The polling interval for a healthy source and why: configured, adaptive, server or websub."""
     interval, reason = state.interval or source.interval, state.interval_reason
     adaptive = publishing_interval(feed)
     if feed is not None:
@@ -120,9 +120,8 @@ def needs_subscription(state: SourceState, source: Source, *, now: datetime, ret
         return False
     if state.websub_expires is None:
         return True
-    remaining = state.websub_expires - now
-    lease = state.websub_expires - (state.websub_requested or state.websub_expires)
-    return remaining <= max(timedelta(days=1), lease / 10) if lease > timedelta(0) else remaining <= timedelta(days=1)
+    lease = state.websub_expires - state.websub_requested if state.websub_requested else timedelta(0)
+    return state.websub_expires - now <= max(timedelta(days=1), lease / 10)
 
 
 def backoff(source: Source, state: SourceState, failures: int) -> timedelta:

@@ -176,7 +176,7 @@ def _generator(view: FeedView) -> FeedGenerator:
     fg.generator("feeds", version=__version__, uri=PROJECT_URL)
     fg.language("en")
     for alert in view.alerts:
-        _alert_entry(fg.add_entry(order="append"), view, alert)
+        _alert_entry(fg.add_entry(order="append"), alert)
     for cluster in view.clusters:
         _entry(fg.add_entry(order="append"), view, cluster)
     return fg
@@ -187,7 +187,7 @@ def alert_html(alert: Alert) -> str:
     return f"<p>{html.escape(alert.title)}.</p><p>Last error: {html.escape(alert.message)}</p>"
 
 
-def _alert_entry(fe: FeedEntry, view: FeedView, alert: Alert) -> None:
+def _alert_entry(fe: FeedEntry, alert: Alert) -> None:
     fe.id(alert.id)
     fe.guid(alert.id, permalink=False)
     fe.title(alert.title)

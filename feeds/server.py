@@ -49,7 +49,7 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src http: https:; connect-src 'self'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-PAGE_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+PAGE_HEADERS = {"Content-Security-Policy": CSP}  # nosniff and no-referrer come from SecurityHeaders
 LIVE_CHECK_SECONDS = 1.0  # how often an open river page's stream looks for a newer output
 
 
@@ -71,7 +71,7 @@ class PublishedFiles:
         self.directory = settings.publish_dir
         self.outputs = {o.name: o for o in settings.outputs}
         self._cache: dict[str, tuple[tuple[int, int], Published]] = {}
-        self._json: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {}
+        self._json: dict[str, tuple[str, dict[str, Any]]] = {}  # by the JSON file's ETag
         self._lock = threading.Lock()
 
     def _path(self, name: str, fmt: str) -> Path | None:
@@ -117,17 +117,16 @@ class PublishedFiles:
         published = self.get(name, "json")
         if published is None:
             return None
-        key = (hash(published.etag), len(published.data))
         with self._lock:
             cached = self._json.get(name)
-            if cached and cached[0] == key:
+            if cached and cached[0] == published.etag:
                 return cached[1]
         try:
             document: dict[str, Any] = json.loads(published.data)
         except ValueError:
             return None
         with self._lock:
-            self._json[name] = (key, document)
+            self._json[name] = (published.etag, document)
         return document
 
 
@@ -156,6 +155,16 @@ def _stamp(item: dict[str, Any], key: str = "date_modified") -> datetime | None:
     return parse_rfc3339(item.get(key) or item.get("date_published"))
 
 
+def _newest(items: list[dict[str, Any]]) -> datetime | None:
+    """The newest last-modified stamp of JSON Feed items (the page's "last updated")."""
+    return max((s for s in (_stamp(i) for i in items) if s), default=None)
+
+
+def _seq(item: dict[str, Any]) -> int:
+    """An item's live-update sequence number (0 for items that are not stories)."""
+    return int((item.get("_feeds") or {}).get("seq") or 0)
+
+
 def _time_html(value: datetime | None) -> str:
     if value is None:
         return ""
@@ -166,7 +175,7 @@ def _time_html(value: datetime | None) -> str:
 def river_item_html(item: dict[str, Any]) -> str:
     """One story of the river page: escaped title, outlet, time, sanitized HTML."""
     meta = item.get("_feeds") or {}
-    seq = int(meta.get("seq") or 0)
+    seq = _seq(item)
     outlet = (meta.get("source") or {}).get("title") or ""
     url = item.get("url") or ""
     title = html.escape(item.get("title") or "(untitled)")
@@ -201,7 +210,7 @@ def _alternates(name: str, title: str, *, root: str) -> str:
 
 def _max_seq(document: dict[str, Any] | None) -> int:
     items = (document or {}).get("items") or []
-    return max((int((i.get("_feeds") or {}).get("seq") or 0) for i in items), default=0)
+    return max((_seq(i) for i in items), default=0)
 
 
 class SecurityHeaders(BaseHTTPMiddleware):
@@ -255,7 +264,7 @@ def create_app(
             document = files.feed(name) or {}
             items = document.get("items") or []
             title = document.get("title") or output.title
-            newest = max((s for s in (_stamp(i) for i in items) if s), default=None)
+            newest = _newest(items)
             head += _alternates(name, title, root="")
             rows.append(
                 f'<li><h2><a href="{name}/">{html.escape(title)}</a></h2>'
@@ -276,7 +285,7 @@ def create_app(
         document = files.feed(name) or {}
         title = document.get("title") or files.outputs[name].title
         items = document.get("items") or []
-        newest = max((s for s in (_stamp(i) for i in items) if s), default=None)
+        newest = _newest(items)
         body = (
             f'<header><p class="crumbs"><a href="../">feeds</a></p><h1>{html.escape(title)}</h1>'
             f'<p class="meta">Last updated <span id="last-updated">{_time_html(newest) or "never"}</span> · '
@@ -303,9 +312,9 @@ def create_app(
             yield ServerSentEvent(comment="connected", retry=3000)
             while True:
                 document = await run_in_threadpool(files.feed, name) or {}
-                fresh = [i for i in document.get("items") or [] if int((i.get("_feeds") or {}).get("seq") or 0) > last]
-                for item in sorted(fresh, key=lambda i: int(i["_feeds"]["seq"])):
-                    last = int(item["_feeds"]["seq"])
+                fresh = [i for i in document.get("items") or [] if _seq(i) > last]
+                for item in sorted(fresh, key=_seq):
+                    last = _seq(item)
                     stamp = _stamp(item)
                     payload = {"html": river_item_html(item), "updated": _time_html(stamp)}
                     yield ServerSentEvent(json.dumps(payload), event="story", id=str(last))
