@@ -58,10 +58,13 @@ _BOILERPLATE = re.compile(
     re.IGNORECASE,
 )
 _BOILERPLATE_MAX_WORDS = 20
+# Possessive quantifiers and `[^<>]`: no pattern applied to story text can backtrack.
 _BLOCK = re.compile(
-    r"<\s*(?:/?(?:p|div|li|h[1-6]|blockquote|tr|section|article|header|footer|figure|figcaption)\b[^>]*|br\s*/?)\s*>", re.IGNORECASE
+    r"<\s*+(?:/?(?:p|div|li|h[1-6]|blockquote|tr|section|article|header|footer|figure|figcaption)\b[^<>]*+|br\s*+/?)\s*+>",
+    re.IGNORECASE,
 )
-_TAG = re.compile(r"<[^>]*>")
+_TAG = re.compile(r"<[^<>]*+>")
+_DATELINE_SPAN = 120  # a dateline is looked for in this many leading characters
 _BLANK_LINE = re.compile(r"\n\s*\n")  # paragraphs of plain-text bodies
 # Datelines: "OSLO, Norway --", "OSLO —", "Oslo, Norway:", "LIMA, Peru (AP) —", "NEW YORK /PRNewswire/ --".
 _DATELINE = re.compile(
@@ -127,11 +130,15 @@ def paragraphs(fragment: str | None) -> list[str]:
 
 
 def _is_boilerplate(paragraph: str) -> bool:
-    return len(paragraph.split()) <= _BOILERPLATE_MAX_WORDS and bool(_BOILERPLATE.search(paragraph))
+    return (
+        len(paragraph) <= 40 * _BOILERPLATE_MAX_WORDS
+        and len(paragraph.split()) <= _BOILERPLATE_MAX_WORDS
+        and bool(_BOILERPLATE.search(paragraph))
+    )
 
 
 def _strip_dateline(paragraph: str) -> str:
-    match = _DATELINE.match(paragraph)
+    match = _DATELINE.match(paragraph[:_DATELINE_SPAN])
     if not match:
         return paragraph
     place = match.group("place").strip()

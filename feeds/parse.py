@@ -11,23 +11,38 @@ import html
 import json
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from html.parser import HTMLParser
+from itertools import islice
 from typing import Any
-from urllib.parse import urljoin
 
 import feedparser
 
 from feeds.errors import ParseError
 from feeds.models import Author, Enclosure, ParsedEntry, ParsedFeed
 from feeds.timeutil import from_struct, parse_rfc3339
+from feeds.untrusted import (
+    MAX_AUTHORS,
+    MAX_CATEGORIES,
+    MAX_ENCLOSURES,
+    MAX_HTML,
+    MAX_ID,
+    MAX_MESSAGE,
+    MAX_NAME,
+    MAX_RAW_TITLE,
+    MAX_URL,
+    clamp_seconds,
+    clean_text,
+    web_url,
+)
 
 _JSONFEED_PREFIX = "https://jsonfeed.org/version/"
 _SY_PERIODS = {"hourly": 3600, "daily": 86400, "weekly": 604800, "monthly": 2592000, "yearly": 31536000}
-_HTML_START = re.compile(rb"^\s*(<!--.*?-->\s*)*(<!doctype\s+html|<html)", re.IGNORECASE | re.DOTALL)
-# An internal DTD subset that declares entities: the billion-laughs and external-entity vectors.
-_ENTITY_SUBSET = re.compile(rb"<!DOCTYPE\s+([\w:.-]+)[^\[>]*\[(?:(?!\]\s*>).)*?<!ENTITY.*?\]\s*>", re.IGNORECASE | re.DOTALL)
+_WHITESPACE = b" \t\r\n\f\v"
+_DOCTYPE_NAME = re.compile(rb"[\w:.-]{1,100}")
+MAX_DISCOVERY = 256 * 1024  # a page's <link rel="alternate"> tags are in its head
+MAX_JSON_NUMBER = 18  # digits; longer numbers in a JSON Feed are dropped, not parsed
 _FEED_TYPES = ("application/rss+xml", "application/atom+xml", "application/feed+json", "application/json")
 
 
@@ -68,13 +83,57 @@ def neutralize_entities(body: bytes) -> tuple[bytes, bool]:
     """Drop a DTD internal subset that declares entities (entity expansion and external entities).
 
     Real feeds do not need it; attackers do. Expat would stop the expansion too, but only after
-    seconds and tens of megabytes; this keeps time and memory bounded by the body's size.
+    seconds and tens of megabytes. A linear scan (str.find, no regex over the body) keeps time and
+    memory bounded by the body's size.
     """
-    head = body[:65536]
-    match = _ENTITY_SUBSET.search(head)
-    if not match:
+    lower = body[:65536].lower()
+    start = lower.find(b"<!doctype")
+    if start < 0:
         return body, False
-    return body[: match.start()] + b"<!DOCTYPE " + match.group(1) + b">" + body[match.end() :], True
+    bracket, close = lower.find(b"[", start), lower.find(b">", start)
+    if bracket < 0 or 0 <= close < bracket:
+        return body, False  # no internal subset
+    end = _subset_end(body, bracket)
+    subset = body[bracket:end]
+    if b"<!entity" not in subset.lower():
+        return body, False
+    name_at = start + len(b"<!doctype")
+    while name_at < len(body) and body[name_at] in _WHITESPACE:
+        name_at += 1
+    name = _DOCTYPE_NAME.match(body, name_at)
+    doctype = b"<!DOCTYPE " + (name.group(0) if name else b"feed") + b">"
+    return body[:start] + doctype + body[end:], True
+
+
+def _subset_end(body: bytes, bracket: int) -> int:
+    """Where the internal subset opened at `bracket` ends: after the first `]` followed by `>`."""
+    at = bracket
+    while True:
+        at = body.find(b"]", at + 1)
+        if at < 0:
+            return len(body)  # never closed: the rest is the subset
+        after = at + 1
+        while after < len(body) and body[after] in _WHITESPACE:
+            after += 1
+        if body[after : after + 1] == b">":
+            return after + 1
+
+
+def looks_like_html(body: bytes) -> bool:
+    """True when a body starts (after space and comments) with an HTML doctype or <html>."""
+    head = body[:65536]
+    at = 0
+    while True:
+        while at < len(head) and head[at] in _WHITESPACE:
+            at += 1
+        if head.startswith(b"<!--", at):
+            end = head.find(b"-->", at + 4)
+            if end < 0:
+                return False
+            at = end + 3
+            continue
+        start = head[at : at + 20].lower()
+        return start.startswith((b"<html", b"<!doctype html")) or b"<html" in head[:2048].lower()
 
 
 def _parse_xml_feed(source: str, body: bytes, headers: Mapping[str, str], *, url: str) -> ParsedFeed:
@@ -86,36 +145,54 @@ def _parse_xml_feed(source: str, body: bytes, headers: Mapping[str, str], *, url
         warnings.simplefilter("ignore")
         result = feedparser.parse(body, response_headers=response_headers, sanitize_html=False)
     version = result.get("version", "")
-    entries = tuple(_xml_entry(e) for e in result.get("entries", []))
+    entries, dropped = _each(_xml_entry, result.get("entries", []))
     warning = None
     if result.get("bozo"):
         warning = f"malformed feed: {_describe(result.get('bozo_exception'))}"
     if neutralized:
         warning = _join(warning, "DTD entity declarations ignored")
+    if dropped:
+        warning = _join(warning, dropped)
     if not version and not entries:
-        if _HTML_START.match(body) or b"<html" in body[:2048].lower():
+        if looks_like_html(body):
             advertised = discover_feeds(body, url)
             hint = f"; the page advertises a feed at {advertised[0]}" if advertised else ""
             raise ParseError(source, f"not a feed: got an HTML page{hint}")
         raise ParseError(source, f"not a feed: {warning or 'no RSS, Atom or JSON Feed found'}")
     feed = result.get("feed", {})
+    links = [lk for lk in feed.get("links", []) if isinstance(lk, Mapping)][:50]
     return ParsedFeed(
         format=version or "unknown",
-        title=_text(feed.get("title")),
-        link=feed.get("link"),
-        id=feed.get("id"),
+        title=clean_text(feed.get("title"), MAX_NAME),
+        link=web_url(feed.get("link"), base=url),
+        id=clean_text(feed.get("id"), MAX_URL),
         updated=from_struct(_own(feed, "updated_parsed")) or from_struct(_own(feed, "published_parsed")),
         entries=entries,
         warning=warning,
         ttl=_ttl(feed),
-        hub=next((lk.get("href") for lk in feed.get("links", []) if lk.get("rel") == "hub"), None),
-        self_url=next((lk.get("href") for lk in feed.get("links", []) if lk.get("rel") == "self"), None),
+        hub=next((web_url(lk.get("href"), base=url) for lk in links if lk.get("rel") == "hub"), None),
+        self_url=next((web_url(lk.get("href"), base=url) for lk in links if lk.get("rel") == "self"), None),
     )
+
+
+def _each(read: Callable[[Any], ParsedEntry], raw: object) -> tuple[tuple[ParsedEntry, ...], str | None]:
+    """Read every entry; one that cannot be read is dropped and counted, never the feed."""
+    entries: list[ParsedEntry] = []
+    dropped, first = 0, ""
+    for item in raw if isinstance(raw, list) else []:
+        try:
+            entries.append(read(item))
+        except Exception as exc:  # one odd entry, whatever is odd about it, costs only itself
+            dropped += 1
+            first = first or f"{type(exc).__name__}: {exc}"
+    if not dropped:
+        return tuple(entries), None
+    return tuple(entries), clean_text(f"{dropped} entries could not be read and were dropped (first: {first})", MAX_MESSAGE)
 
 
 def _describe(exc: object) -> str:
     text = str(exc) if exc is not None else "unknown error"
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+    return clean_text(text.splitlines()[0][:200] if text else type(exc).__name__, MAX_MESSAGE) or type(exc).__name__
 
 
 def _own(mapping: Mapping[str, Any], key: str) -> Any:
@@ -123,114 +200,119 @@ def _own(mapping: Mapping[str, Any], key: str) -> Any:
     return dict.get(mapping, key) if isinstance(mapping, dict) else None
 
 
-def _text(value: object) -> str | None:
-    return value if isinstance(value, str) and value.strip() else None
-
-
 def _ttl(feed: Mapping[str, Any]) -> timedelta | None:
     ttl = feed.get("ttl")
     if isinstance(ttl, str) and ttl.strip().isdigit():
-        return timedelta(minutes=int(ttl.strip()))
-    period = _SY_PERIODS.get(str(feed.get("sy_updateperiod", "")).strip().lower())
+        return clamp_seconds(int(ttl.strip()[:12]) * 60)
+    period = _SY_PERIODS.get(str(feed.get("sy_updateperiod", ""))[:20].strip().lower())
     if period:
-        frequency = str(feed.get("sy_updatefrequency", "1")).strip()
+        frequency = str(feed.get("sy_updatefrequency", "1"))[:12].strip()
         count = int(frequency) if frequency.isdigit() and int(frequency) > 0 else 1
-        return timedelta(seconds=period / count)
+        return clamp_seconds(period / count)
     return None
 
 
 def _xml_entry(entry: Mapping[str, Any]) -> ParsedEntry:
-    content = entry.get("content") or []
-    html_content = next((c.get("value") for c in content if "html" in c.get("type", "")), None)
+    content = [c for c in entry.get("content") or [] if isinstance(c, Mapping)]
+    html_content = next((c.get("value") for c in content if "html" in str(c.get("type", ""))), None)
     if html_content is None and content:
         html_content = content[0].get("value")
     title_detail = entry.get("title_detail") or {}
     authors = tuple(
-        Author(name=_text(a.get("name")), email=_text(a.get("email")), uri=_text(a.get("href")))
-        for a in entry.get("authors", [])
-        if isinstance(a, Mapping) and (a.get("name") or a.get("email"))
-    )
-    if not authors and _text(entry.get("author")):
-        authors = (Author(name=entry.get("author")),)
-    enclosures = []
-    for enc in entry.get("enclosures", []):
-        href = enc.get("href")
-        if href:
-            length = str(enc.get("length", "")).strip()
-            enclosures.append(Enclosure(url=href, type=enc.get("type") or None, length=int(length) if length.isdigit() else None))
-    summary = entry.get("summary")
+        Author(name=clean_text(a.get("name"), MAX_NAME), email=clean_text(a.get("email"), MAX_NAME), uri=web_url(a.get("href")))
+        for a in islice(entry.get("authors", []), MAX_AUTHORS * 5)
+        if isinstance(a, Mapping) and (clean_text(a.get("name"), MAX_NAME) or clean_text(a.get("email"), MAX_NAME))
+    )[:MAX_AUTHORS]
+    if not authors and clean_text(entry.get("author"), MAX_NAME):
+        authors = (Author(name=clean_text(entry.get("author"), MAX_NAME)),)
+    enclosures: list[Enclosure] = []
+    for enc in islice(entry.get("enclosures", []), MAX_ENCLOSURES * 5):
+        href = web_url(enc.get("href")) if isinstance(enc, Mapping) else None
+        if href and len(enclosures) < MAX_ENCLOSURES:
+            length = str(enc.get("length", ""))[:19].strip()
+            kind = clean_text(enc.get("type"), MAX_NAME)
+            enclosures.append(Enclosure(url=href, type=kind, length=int(length) if length.isdigit() else None))
+    summary = clean_text(entry.get("summary"), MAX_HTML)
+    html_content = clean_text(html_content, MAX_HTML)
+    tags = (clean_text(t.get("term"), MAX_NAME) for t in islice(entry.get("tags", []), MAX_CATEGORIES * 5) if isinstance(t, Mapping))
     return ParsedEntry(
-        id=_text(entry.get("id")),
-        link=_text(entry.get("link")),
-        title=_text(entry.get("title")),
-        title_is_html="html" in title_detail.get("type", ""),
+        id=clean_text(entry.get("id"), MAX_ID),
+        link=clean_text(entry.get("link"), MAX_URL),
+        title=clean_text(entry.get("title"), MAX_RAW_TITLE),
+        title_is_html="html" in str(title_detail.get("type", "")),
         summary=summary if summary != html_content else None,
         content=html_content,
         authors=authors,
-        categories=tuple(t["term"] for t in entry.get("tags", []) if _text(t.get("term"))),
+        categories=tuple(t for t in tags if t)[:MAX_CATEGORIES],
         enclosures=tuple(enclosures),
         published=from_struct(_own(entry, "published_parsed")),
         updated=from_struct(_own(entry, "updated_parsed")),
     )
 
 
+def _json_number(text: str) -> int | None:
+    """JSON integers past MAX_JSON_NUMBER digits are dropped (Python refuses 4300+ digits)."""
+    return int(text) if len(text.lstrip("-")) <= MAX_JSON_NUMBER else None
+
+
 def _parse_json_feed(source: str, body: bytes, *, url: str) -> ParsedFeed:
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_int=_json_number)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ParseError(source, f"not a feed: invalid JSON ({exc})") from exc
-    if not isinstance(data, dict) or not str(data.get("version", "")).startswith(_JSONFEED_PREFIX):
+        raise ParseError(source, f"not a feed: invalid JSON ({_describe(exc)})") from exc
+    except RecursionError as exc:
+        raise ParseError(source, "not a feed: JSON nested too deeply") from exc
+    if not isinstance(data, dict) or not str(data.get("version", ""))[:100].startswith(_JSONFEED_PREFIX):
         raise ParseError(source, "not a feed: JSON without a JSON Feed version (https://jsonfeed.org/version/1.1)")
     items = data.get("items")
     if not isinstance(items, list):
         raise ParseError(source, "not a feed: JSON Feed without an items list")
-    home = _str(data.get("home_page_url"))
+    home = web_url(data.get("home_page_url"), base=url)
     feed_authors = _json_authors(data)
-    entries = []
-    skipped = 0
-    for item in items:
-        if not isinstance(item, dict):
-            skipped += 1
-            continue
-        link = _str(item.get("url")) or _str(item.get("external_url"))
-        entries.append(
-            ParsedEntry(
-                id=_str(item.get("id")) if not isinstance(item.get("id"), int | float) else str(item["id"]),
-                link=urljoin(url, link) if link else None,
-                title=_str(item.get("title")),
-                summary=_str(item.get("summary")),
-                content=_str(item.get("content_html")) or _plain_to_html(_str(item.get("content_text"))),
-                authors=_json_authors(item) or feed_authors,
-                categories=tuple(t for t in item.get("tags", []) if isinstance(t, str)) if isinstance(item.get("tags"), list) else (),
-                enclosures=tuple(
-                    Enclosure(
-                        url=a["url"],
-                        type=_str(a.get("mime_type")),
-                        length=a.get("size_in_bytes") if isinstance(a.get("size_in_bytes"), int) else None,
-                    )
-                    for a in item.get("attachments", []) or []
-                    if isinstance(a, dict) and _str(a.get("url"))
-                ),
-                published=parse_rfc3339(_str(item.get("date_published"))),
-                updated=parse_rfc3339(_str(item.get("date_modified"))),
-            )
-        )
+    entries, dropped = _each(lambda item: _json_entry(item, url=url, feed_authors=feed_authors), items)
     hubs: list[Any] = data["hubs"] if isinstance(data.get("hubs"), list) else []
     return ParsedFeed(
-        format="json" + str(data["version"]).rsplit("/", 1)[-1].replace(".", ""),
-        title=_str(data.get("title")),
+        format="json" + str(data["version"])[:100].rsplit("/", 1)[-1].replace(".", ""),
+        title=clean_text(data.get("title"), MAX_NAME),
         link=home,
-        id=_str(data.get("feed_url")) or home,
-        updated=_newest(tuple(entries)),
-        entries=tuple(entries),
-        warning=f"{skipped} items are not objects and were skipped" if skipped else None,
-        hub=next((h.get("url") for h in hubs if isinstance(h, dict) and h.get("type", "").lower() == "websub"), None),
-        self_url=_str(data.get("feed_url")),
+        id=clean_text(data.get("feed_url"), MAX_URL) or home,
+        updated=_newest(entries),
+        entries=entries,
+        warning=dropped,
+        hub=next(
+            (web_url(h.get("url"), base=url) for h in hubs[:50] if isinstance(h, dict) and str(h.get("type")).lower() == "websub"), None
+        ),
+        self_url=web_url(data.get("feed_url"), base=url),
     )
 
 
-def _str(value: object) -> str | None:
-    return value.strip() or None if isinstance(value, str) else None
+def _json_entry(item: object, *, url: str, feed_authors: tuple[Author, ...]) -> ParsedEntry:
+    if not isinstance(item, dict):
+        raise TypeError(f"an item is a {type(item).__name__}, not an object")
+    link = web_url(item.get("url"), base=url) or web_url(item.get("external_url"), base=url)
+    raw_id = item.get("id")
+    tags: list[Any] = item["tags"] if isinstance(item.get("tags"), list) else []
+    attachments: list[Any] = item["attachments"] if isinstance(item.get("attachments"), list) else []
+    return ParsedEntry(
+        id=str(raw_id) if isinstance(raw_id, int | float) and not isinstance(raw_id, bool) else clean_text(raw_id, MAX_ID),
+        link=link,
+        title=clean_text(item.get("title"), MAX_RAW_TITLE),
+        summary=clean_text(item.get("summary"), MAX_HTML),
+        content=clean_text(item.get("content_html"), MAX_HTML) or _plain_to_html(clean_text(item.get("content_text"), MAX_HTML)),
+        authors=_json_authors(item) or feed_authors,
+        categories=tuple(t for t in (clean_text(t, MAX_NAME) for t in tags[: MAX_CATEGORIES * 5]) if t)[:MAX_CATEGORIES],
+        enclosures=tuple(
+            Enclosure(
+                url=web_url(a["url"], base=url) or "",
+                type=clean_text(a.get("mime_type"), MAX_NAME),
+                length=a.get("size_in_bytes") if isinstance(a.get("size_in_bytes"), int) else None,
+            )
+            for a in attachments[: MAX_ENCLOSURES * 5]
+            if isinstance(a, dict) and web_url(a.get("url"), base=url)
+        )[:MAX_ENCLOSURES],
+        published=parse_rfc3339(clean_text(item.get("date_published"), 100)),
+        updated=parse_rfc3339(clean_text(item.get("date_modified"), 100)),
+    )
 
 
 def _plain_to_html(text: str | None) -> str | None:
@@ -243,7 +325,11 @@ def _json_authors(obj: Mapping[str, Any]) -> tuple[Author, ...]:
     raw = obj.get("authors")
     if not isinstance(raw, list):
         raw = [obj["author"]] if isinstance(obj.get("author"), dict) else []
-    return tuple(Author(name=_str(a.get("name")), uri=_str(a.get("url"))) for a in raw if isinstance(a, dict) and _str(a.get("name")))
+    return tuple(
+        Author(name=clean_text(a.get("name"), MAX_NAME), uri=web_url(a.get("url")))
+        for a in raw[: MAX_AUTHORS * 5]
+        if isinstance(a, dict) and clean_text(a.get("name"), MAX_NAME)
+    )[:MAX_AUTHORS]
 
 
 def _newest(entries: tuple[ParsedEntry, ...]) -> datetime | None:
@@ -269,5 +355,5 @@ def discover_feeds(html: bytes, base_url: str) -> list[str]:
     """Feed URLs an HTML page advertises with <link rel="alternate">, made absolute."""
     finder = _AlternateLinks()
     with contextlib.suppress(ValueError, AssertionError):
-        finder.feed(html[:1_000_000].decode("utf-8", "replace"))
-    return [urljoin(base_url, href) for href in finder.found]
+        finder.feed(html[:MAX_DISCOVERY].decode("utf-8", "replace"))
+    return [url for url in (web_url(href, base=base_url) for href in finder.found[:20]) if url]

@@ -16,11 +16,12 @@ from datetime import datetime, timedelta
 
 from feeds.models import FetchResult, ParsedFeed, Source, SourceState
 from feeds.timeutil import parse_http_date, parse_retry_after, to_rfc3339
+from feeds.untrusted import MAX_DELTA, MAX_HEADER, MAX_MESSAGE, MAX_URL, clamp_seconds, clean_text, strip_userinfo
 
 JITTER = 0.1  # up to +10% so sources configured alike are not polled in lockstep
 CONFIRMATIONS = 2  # a permanent redirect must be seen this many polls in a row before we move
 WEBSUB_RELAX = 4  # a source pushed by WebSub is polled this many times less often
-_MAX_AGE = re.compile(r"(?:^|,)\s*(?:s-)?max-age\s*=\s*\"?(\d+)", re.IGNORECASE)
+_MAX_AGE = re.compile(r"(?:^|,)\s*+(?:s-)?max-age\s*+=\s*+\"?(\d++)", re.IGNORECASE)
 
 
 def initial_state(source: Source) -> SourceState:
@@ -64,12 +65,12 @@ def jitter(name: str, now: datetime) -> float:
 def server_interval(result: FetchResult, feed: ParsedFeed | None) -> timedelta | None:
     """The longest interval the server asks for: Cache-Control max-age, Expires, RSS ttl, sy:updatePeriod."""
     hints: list[timedelta] = []
-    cache_control = result.header("cache-control") or ""
+    cache_control = (result.header("cache-control") or "")[:MAX_HEADER]
     if match := _MAX_AGE.search(cache_control):
-        hints.append(timedelta(seconds=int(match.group(1))))
+        hints.append(clamp_seconds(int(match.group(1)[:12])))
     expires, date = parse_http_date(result.header("expires")), parse_http_date(result.header("date"))
     if expires and date and expires > date:
-        hints.append(expires - date)
+        hints.append(min(expires - date, MAX_DELTA))
     if feed is not None and feed.ttl:
         hints.append(feed.ttl)
     return max(hints) if hints else None
@@ -192,13 +193,15 @@ def _track_redirect(state: SourceState, result: FetchResult) -> SourceState:
 
 def _failed(state: SourceState, result: FetchResult, *, source: Source, now: datetime, error: str | None) -> SourceState:
     status = result.status
-    message = error or result.error or f"HTTP {status}"
+    # Error text quotes what servers sent (a Location, a reason): it is shown, stored and published.
+    message = clean_text(error or result.error or f"HTTP {status}", MAX_MESSAGE) or f"HTTP {status}"
     failures = state.failures + 1
     if status == 410:
+        where = clean_text(strip_userinfo(result.final_url), MAX_URL)
         return replace(
             state,
             status="gone",
-            error=f"HTTP 410 Gone at {result.final_url}: no longer polled (resume with `feeds sources reset {state.name}`)",
+            error=f"HTTP 410 Gone at {where}: no longer polled (resume with `feeds sources reset {state.name}`)",
             failures=failures,
             failing_since=state.failing_since or now,
             next_poll=None,
@@ -210,7 +213,8 @@ def _failed(state: SourceState, result: FetchResult, *, source: Source, now: dat
     next_poll = now + wait
     if retry_after is not None:
         next_poll = max(next_poll, retry_after)
-        message += f" (Retry-After: not before {to_rfc3339(retry_after)})"
+        capped = " (capped: the server asked for longer)" if retry_after == now + MAX_DELTA else ""
+        message += f" (Retry-After: not before {to_rfc3339(retry_after)}{capped})"
     return replace(
         state,
         status="failing",

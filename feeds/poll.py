@@ -18,7 +18,7 @@ from feeds.errors import ParseError
 from feeds.fetch import Fetcher
 from feeds.metrics import record_poll
 from feeds.models import FetchResult, OutcomeStatus, ParsedFeed, PollOutcome, Settings, Source, SourceState, Story
-from feeds.normalize import normalize_feed
+from feeds.normalize import normalize_entries
 from feeds.parse import parse_feed
 from feeds.store import PollTransaction, Store
 
@@ -82,7 +82,9 @@ def process_result(
     except Exception as exc:
         log.exception("poll-crashed source=%s", source.name)
         message = f"internal error: {type(exc).__name__}: {exc}"
-        failed = policy.next_state(state, result, source=source, now=now, error=message)
+        # Never the input that failed: its headers or body may be what crashed us.
+        bare = FetchResult(result.url, result.final_url, None, error=message)
+        failed = policy.next_state(state, bare, source=source, now=now, error=message)
         try:
             store.save_state(failed)
         except Exception:
@@ -98,8 +100,12 @@ def _process(settings: Settings, store: Store, source: Source, state: SourceStat
             feed = parse_feed(source.name, result.body, result.headers, url=result.final_url, max_entries=settings.max_entries)
         except ParseError as exc:
             error = exc.message
+    stories: tuple[Story, ...] = ()
+    if feed is not None:
+        stories, dropped = normalize_entries(feed, source, base=result.final_url, now=now)
+        if dropped:
+            feed = replace(feed, warning=f"{feed.warning}; {dropped}" if feed.warning else dropped)
     new_state = policy.next_state(state, result, source=source, now=now, feed=feed, error=error)
-    stories = normalize_feed(feed, source, base=result.final_url, now=now) if feed is not None else ()
     with store.transaction() as tx:
         new, updated = ingest(tx, source, stories, settings, now=now)
         tx.save_state(new_state)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from feedgen.ext.base import BaseEntryExtension, BaseExtension
@@ -21,9 +22,11 @@ from feedgen.util import xml_elem
 
 from feeds import PROJECT_URL, __version__
 from feeds.models import Cluster, OutputSpec, Story
-from feeds.timeutil import to_rfc3339
+from feeds.timeutil import EPOCH, to_rfc3339
+from feeds.untrusted import xml_safe
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+log = logging.getLogger(__name__)
+
 ATOM_NS = "http://www.w3.org/2005/Atom"
 FORMATS = {"atom": "application/atom+xml", "rss": "application/rss+xml", "json": "application/feed+json"}
 
@@ -99,7 +102,7 @@ def entry_html(view: FeedView, cluster: Cluster) -> str | None:
     if others:
         links = ", ".join(f'<a href="{html.escape(o.link or "", quote=True)}">{html.escape(view.outlet(o).title)}</a>' for o in others)
         body += f'<p class="feeds-also">Also reported by: {links}</p>'
-    return body or None
+    return xml_safe(body) or None
 
 
 class _SourceFeedExt(BaseExtension):  # type: ignore[misc]
@@ -146,7 +149,7 @@ class _SourceEntryExt(BaseEntryExtension):  # type: ignore[misc]
         source = xml_elem("source", entry)
         is_web = info.feed_url.startswith(("http://", "https://"))
         xml_elem("id", source).text = info.id or (info.feed_url if is_web else f"urn:feeds:source:{info.name}")
-        xml_elem("title", source).text = info.title
+        xml_elem("title", source).text = xml_safe(info.title)
         if info.link:
             xml_elem("link", source, rel="alternate", href=info.link)
         if is_web:
@@ -157,7 +160,7 @@ class _SourceEntryExt(BaseEntryExtension):  # type: ignore[misc]
     def extend_rss(self, entry: Any) -> Any:
         info = self.info
         if info is not None and info.feed_url.startswith(("http://", "https://")):
-            xml_elem("source", entry, url=info.feed_url).text = info.title
+            xml_elem("source", entry, url=info.feed_url).text = xml_safe(info.title)
         return entry
 
 
@@ -205,11 +208,11 @@ def _entry(fe: FeedEntry, view: FeedView, cluster: Cluster) -> None:
     outlet = view.outlet(lead)
     fe.id(cluster.atom_id)
     fe.guid(cluster.atom_id, permalink=False)
-    fe.title(lead.title)
+    fe.title(xml_safe(lead.title))
     links = [{"rel": "alternate", "type": "text/html", "href": lead.link}] if lead.link else []
     for other in cluster.others:
         if other.link and other.link != lead.link:
-            links.append({"rel": "via", "type": "text/html", "href": other.link, "title": view.outlet(other).title})
+            links.append({"rel": "via", "type": "text/html", "href": other.link, "title": xml_safe(view.outlet(other).title)})
     if lead.enclosures:
         enc = lead.enclosures[0]
         fe.enclosure(enc.url, str(enc.length or 0), enc.type or "application/octet-stream")
@@ -224,31 +227,63 @@ def _entry(fe: FeedEntry, view: FeedView, cluster: Cluster) -> None:
     fe.updated(cluster.updated)
     fe.published(lead.when)
     authors = [
-        {"name": a.name or a.email or outlet.title, **({"email": a.email} if a.email else {}), **({"uri": a.uri} if a.uri else {})}
+        {
+            "name": xml_safe(a.name or a.email or outlet.title),
+            **({"email": xml_safe(a.email)} if a.email else {}),
+            **({"uri": a.uri} if a.uri else {}),
+        }
         for a in lead.authors
     ]
-    fe.author(authors or [{"name": outlet.title}])
+    fe.author(authors or [{"name": xml_safe(outlet.title)}])
     if lead.content_html and lead.summary_html:
-        fe.summary(lead.summary_html, type="html")
+        fe.summary(xml_safe(lead.summary_html), type="html")
     # Atom needs content or an alternate link; an entry with neither still gets its title as text.
-    fe.content(entry_html(view, cluster) or f"<p>{html.escape(lead.title)}</p>", type="html")
+    fe.content(entry_html(view, cluster) or f"<p>{html.escape(xml_safe(lead.title))}</p>", type="html")
     for term in lead.categories:
-        fe.category(term=term)
+        fe.category(term=xml_safe(term))
     fe.feedssource.info = outlet
 
 
 def render_atom(view: FeedView) -> bytes:
     """The output as an Atom 1.0 document."""
-    return bytes(_generator(view).atom_str(pretty=True, encoding="UTF-8"))
+    return _isolated(view, lambda v: bytes(_generator(v).atom_str(pretty=True, encoding="UTF-8")))
 
 
 def render_rss(view: FeedView) -> bytes:
     """The output as an RSS 2.0 document."""
-    return bytes(_generator(view).rss_str(pretty=True, encoding="UTF-8"))
+    return _isolated(view, lambda v: bytes(_generator(v).rss_str(pretty=True, encoding="UTF-8")))
+
+
+def _isolated(view: FeedView, render: Callable[[FeedView], bytes]) -> bytes:
+    """Render the whole view; if that fails, render without the entries that fail on their own,
+    so one entry no renderer can write costs only itself, never the output."""
+    try:
+        return render(view)
+    except Exception:
+        log.exception("render-failed output=%s; retrying entry by entry", view.output.name)
+    clusters = []
+    for cluster in view.clusters:
+        try:
+            render(replace(view, clusters=(cluster,), alerts=()))
+            clusters.append(cluster)
+        except Exception as exc:
+            log.error("entry-dropped output=%s entry=%s error=%s: %s", view.output.name, cluster.atom_id, type(exc).__name__, exc)
+    alerts = []
+    for alert in view.alerts:
+        try:
+            render(replace(view, clusters=(), alerts=(alert,)))
+            alerts.append(alert)
+        except Exception as exc:
+            log.error("entry-dropped output=%s entry=%s error=%s: %s", view.output.name, alert.id, type(exc).__name__, exc)
+    return render(replace(view, clusters=tuple(clusters), alerts=tuple(alerts)))
 
 
 def render_json(view: FeedView) -> bytes:
     """The output as a JSON Feed 1.1 document."""
+    return _isolated(view, _render_json)
+
+
+def _render_json(view: FeedView) -> bytes:
     items: list[dict[str, Any]] = [
         {
             "id": alert.id,
@@ -299,7 +334,8 @@ def render_json(view: FeedView) -> bytes:
     }
     if view.hub:
         document["hubs"] = [{"type": "WebSub", "url": view.hub}]
-    return json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8") + b"\n"
+    # Lone surrogates cannot be encoded: one in any field would stop the output.
+    return xml_safe(json.dumps(document, ensure_ascii=False, indent=2)).encode("utf-8") + b"\n"
 
 
 RENDERERS = {"atom": render_atom, "rss": render_rss, "json": render_json}

@@ -11,6 +11,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
+from feeds.untrusted import MAX_DELTA, clamp_seconds
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -45,9 +48,14 @@ def from_struct(value: time.struct_time | None) -> datetime | None:
     if value is None:
         return None
     try:
-        return datetime.fromtimestamp(calendar.timegm(value), UTC)
-    except (OverflowError, ValueError, OSError):
+        return _plausible(datetime.fromtimestamp(calendar.timegm(value), UTC))
+    except (OverflowError, ValueError, OSError, TypeError):
         return None
+
+
+def _plausible(value: datetime) -> datetime | None:
+    """A stamp from outside, or None when it is before 1970 (year 1, year 0 after an offset)."""
+    return value if value >= EPOCH else None
 
 
 def parse_rfc3339(text: str | None) -> datetime | None:
@@ -58,12 +66,12 @@ def parse_rfc3339(text: str | None) -> datetime | None:
     if value.endswith(("Z", "z")):
         value = value[:-1] + "+00:00"
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
+        parsed = datetime.fromisoformat(value[:64])
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return _plausible(parsed.astimezone(UTC))
+    except (ValueError, OverflowError):  # year 9999 with a negative offset overflows
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
 
 
 def to_rfc3339(value: datetime) -> str:
@@ -76,22 +84,24 @@ def parse_http_date(text: str | None) -> datetime | None:
     if not text:
         return None
     try:
-        parsed = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+        parsed = parsedate_to_datetime(text[:100])
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return _plausible(parsed.astimezone(UTC))
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
 
 
 def parse_retry_after(text: str | None, *, now: datetime) -> datetime | None:
-    """`Retry-After` (delta-seconds or HTTP-date) -> the instant before which we must not ask."""
+    """`Retry-After` (delta-seconds or HTTP-date) -> the instant before which we must not ask;
+    never more than MAX_DELTA away, however far the server asks."""
     if not text:
         return None
     text = text.strip()
-    if text.isdigit():
-        return now + timedelta(seconds=int(text))
-    return parse_http_date(text)
+    if text.isascii() and text.isdigit():
+        return now + clamp_seconds(int(text[:12]))
+    when = parse_http_date(text)
+    return min(when, now + MAX_DELTA) if when is not None else None
 
 
 def clamp(value: datetime | None, *, now: datetime) -> datetime | None:
