@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -28,12 +31,16 @@ from feeds.poll import poll_due
 from feeds.publish import publish_all
 from feeds.scheduler import Daemon, utc_now
 from feeds.server import HealthCheck, create_app, make_server
-from feeds.store import Store, open_store
+from feeds.store import STORE_MARKER, Store, open_store
 from feeds.timeutil import format_duration, to_rfc3339
+from feeds.untrusted import strip_userinfo, terminal_safe
 from feeds.websub import Subscriber, output_urls, ping_hub
+from feeds.workers import Isolated
 
 log = logging.getLogger("feeds")
 OK, FAILED, USAGE = 0, 1, 2
+REPEAT_WINDOW = 10.0
+POLL_LOCK_WAIT = 300.0  # seconds a cron `feeds poll` waits for a daemon's cycle on the same store
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,28 +89,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.quiet
         else [logging.WARNING if args.verb != "run" else logging.INFO, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     )
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RepeatFilter())
+    logging.basicConfig(level=level, handlers=[handler])
     logging.getLogger("apscheduler").setLevel(max(level, logging.WARNING))
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
         for problem in exc.problems:
-            print(problem, file=sys.stderr)
+            _print(problem, file=sys.stderr)
         return USAGE
     if args.verb == "check":
-        print(f"{args.config}: ok ({len(settings.sources)} sources, {len(settings.outputs)} outputs)")
+        _print(f"{args.config}: ok ({len(settings.sources)} sources, {len(settings.outputs)} outputs)")
         return OK
     if args.verb == "clusters" and args.action == "explain" and not args.story:
         parser.error("clusters explain needs a STORY_ID")
+    if args.verb == "serve":  # the published files are all it needs: it never creates a store
+        _serve(args, settings, health=lambda: _files_health(settings))
+        return OK
     try:
-        store = open_store(settings.storage, base=settings.path.parent.resolve())
+        # Outputs published from a store that is now gone: refuse to start a second, empty one.
+        published = (settings.publish_dir / STORE_MARKER).exists()
+        store = open_store(settings.storage, base=settings.path.parent.resolve(), must_exist=published)
     except FeedsError as exc:
-        print(f"feeds: {exc}", file=sys.stderr)
+        _print(f"feeds: {exc}", file=sys.stderr)
         return USAGE
     try:
         return _dispatch(args, settings, store)
     except FeedsError as exc:
-        print(f"feeds: {exc}", file=sys.stderr)
+        _print(f"feeds: {exc}", file=sys.stderr)
         return USAGE
     finally:
         store.close()
@@ -111,19 +126,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int:
     if args.verb == "run":
-        fetcher = Fetcher(settings.fetch)
+        fetcher = _fetcher(settings)
+        runner = Isolated(timeout=settings.fetch.parse_timeout)
         announce = _announcer(settings, fetcher)
         subscriber = None
         if settings.websub.public_url and not args.no_serve:
             subscriber = Subscriber(
                 settings,
                 _store_opener(settings),
-                fetcher.session,
+                fetcher,
                 clock=utc_now,
                 on_change=lambda s: announce(publish_all(settings, s, now=utc_now())),
+                runner=runner,
             )
         subscribe = (lambda s, now: subscriber.subscribe_due(s, now=now)) if subscriber else None
-        daemon = Daemon(settings, store, fetcher, announce=announce, subscribe=subscribe)
+        daemon = Daemon(settings, store, fetcher, announce=announce, subscribe=subscribe, runner=runner)
         try:
             if args.no_serve:
                 daemon.run_forever()
@@ -133,34 +150,44 @@ def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int
         finally:
             daemon.stop()
             fetcher.close()
-        return OK
-    if args.verb == "serve":
-        _serve(args, settings, health=lambda: _files_health(settings))
+            runner.close()
         return OK
     if args.verb == "poll":
         if _unknown_sources(settings, args.names):
             return USAGE
-        fetcher = Fetcher(settings.fetch)
+        fetcher = _fetcher(settings)
+        runner = Isolated(timeout=settings.fetch.parse_timeout)
         try:
             progress = _progress if sys.stderr.isatty() and not args.json else None
-            outcomes = poll_due(settings, store, fetcher, now=utc_now(), force=args.force, names=args.names, progress=progress)
+            outcomes = poll_due(
+                settings,
+                store,
+                fetcher,
+                now=utc_now(),
+                force=args.force,
+                names=args.names,
+                progress=progress,
+                lock_wait=POLL_LOCK_WAIT,
+                runner=runner,
+            )
             if progress is not None:
                 print(file=sys.stderr)
             written = publish_all(settings, store, now=utc_now())
             _announcer(settings, fetcher)(written)
         finally:
             fetcher.close()
+            runner.close()
         _print_outcomes(outcomes, written, as_json=args.json)
         return FAILED if any(o.status in ("failed", "gone") for o in outcomes) else OK
     if args.verb == "publish":
         written = publish_all(settings, store, now=utc_now())
-        fetcher = Fetcher(settings.fetch)
+        fetcher = _fetcher(settings)
         try:
             _announcer(settings, fetcher)(written)
         finally:
             fetcher.close()
         for path in written:
-            print(f"wrote {path}")
+            _print(f"wrote {path}")
         return OK
     if args.verb == "status":
         return _status(settings, store, as_json=args.json)
@@ -175,7 +202,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int
             source = settings.source(name)
             assert source is not None
             store.save_state(initial_state(source))
-            print(f"reset {name}: it will be polled on the next cycle")
+            _print(f"reset {name}: it will be polled on the next cycle")
         return OK
     raise AssertionError(args.verb)
 
@@ -184,14 +211,19 @@ def _unknown_sources(settings: Settings, names: Sequence[str]) -> bool:
     """Say which names are not configured sources; True if any."""
     unknown = [n for n in names if settings.source(n) is None]
     if unknown:
-        print(f"feeds: no source named {', '.join(unknown)} in {settings.path}", file=sys.stderr)
+        _print(f"feeds: no source named {', '.join(unknown)} in {settings.path}", file=sys.stderr)
     return bool(unknown)
 
 
+def _fetcher(settings: Settings) -> Fetcher:
+    """The fetcher, with the sources the user allowed onto private addresses."""
+    return Fetcher(settings.fetch, private_sources=[s.name for s in settings.sources if s.private])
+
+
 def _store_opener(settings: Settings) -> Callable[[], Store]:
-    """Opens a store connection of its own (for server threads)."""
+    """Opens a store connection of its own (for server threads); never creates one."""
     base = settings.path.parent.resolve()
-    return lambda: open_store(settings.storage, base=base)
+    return lambda: open_store(settings.storage, base=base, must_exist=True)
 
 
 def _announcer(settings: Settings, fetcher: Fetcher) -> Callable[[list[str]], None]:
@@ -199,7 +231,7 @@ def _announcer(settings: Settings, fetcher: Fetcher) -> Callable[[list[str]], No
 
     def announce(written: list[str]) -> None:
         if settings.websub.hub and written:
-            ping_hub(fetcher.session, settings.websub.hub, output_urls(settings, written))
+            ping_hub(fetcher, settings.websub.hub, output_urls(settings, written))
 
     return announce
 
@@ -211,7 +243,10 @@ def _serve(args: argparse.Namespace, settings: Settings, *, health: HealthCheck,
     scoped_store = _store_opener(settings)
 
     def states() -> dict[str, SourceState]:
-        store = scoped_store()
+        try:
+            store = scoped_store()
+        except FeedsError:
+            return {}  # `feeds serve` beside no store: the config alone describes the sources
         try:
             return store.states()
         finally:
@@ -220,12 +255,55 @@ def _serve(args: argparse.Namespace, settings: Settings, *, health: HealthCheck,
     collector = StoreCollector(scoped_store, utc_now)
     app = create_app(settings, health=health, metrics=lambda: exposition(collector), states=states, websub_routes=routes)
     log.warning("serving url=http://%s:%d/ publish_dir=%s", host, port, settings.publish_dir)
-    make_server(app, host=host, port=port).run()
+    server = make_server(app, host=host, port=port, max_connections=settings.server.max_connections)
+    # SIGHUP (a closed terminal, a reload request) stops cleanly, like SIGTERM; reloading comes later.
+    previous = signal.signal(signal.SIGHUP, server.handle_exit)
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 def _files_health(settings: Settings) -> tuple[bool, dict[str, Any]]:
     missing = [o.name for o in settings.outputs if not (settings.publish_dir / f"{o.name}.atom").is_file()]
     return not missing, {"publish_dir": str(settings.publish_dir), "missing_outputs": missing}
+
+
+class SafeFormatter(logging.Formatter):
+    """Log lines carry text from feeds and servers: no control character reaches the terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return terminal_safe(super().format(record))
+
+
+class RepeatFilter(logging.Filter):
+    """The same message from the same place within REPEAT_WINDOW seconds is logged once, then
+    counted (an accept loop out of file descriptors would write megabytes a second)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.pathname, record.lineno, str(record.msg)[:200])
+        now = time.monotonic()
+        with self._lock:
+            first, suppressed = self._seen.get(key, (0.0, 0))
+            if now - first < REPEAT_WINDOW:
+                self._seen[key] = (first, suppressed + 1)
+                return False
+            if len(self._seen) > 1000:
+                self._seen.clear()
+            self._seen[key] = (now, 0)
+        if suppressed:
+            record.msg = f"{record.msg} (and {suppressed} more like it in {REPEAT_WINDOW:.0f}s)"
+        return True
+
+
+def _print(text: str = "", *, file: Any = None) -> None:
+    """Print text that may hold what feeds and servers sent, made harmless for a terminal."""
+    print(terminal_safe(text), file=file or sys.stdout)
 
 
 def _progress(done: int, total: int, outcome: PollOutcome) -> None:
@@ -238,12 +316,12 @@ def _print_outcomes(outcomes: list[PollOutcome], written: list[str], *, as_json:
         print(json.dumps({"sources": [_outcome_json(o) for o in outcomes], "written": written}, indent=2))
         return
     if not outcomes:
-        print("no source is due (use --force to poll anyway)")
+        _print("no source is due (use --force to poll anyway)")
     for o in sorted(outcomes, key=lambda o: o.source):
         detail = o.error or (f"{o.new} new, {o.updated} updated" + (f" (warning: {o.warning})" if o.warning else ""))
-        print(f"{o.source:<20} {o.status:<13} {detail}")
+        _print(f"{o.source:<20} {o.status:<13} {detail}")
     for path in written:
-        print(f"wrote {path}")
+        _print(f"wrote {path}")
 
 
 def _outcome_json(o: PollOutcome) -> dict[str, Any]:
@@ -281,7 +359,7 @@ def _status(settings: Settings, store: Store, *, as_json: bool) -> int:
         rows.append(
             {
                 "source": source.name,
-                "url": state.url,
+                "url": strip_userinfo(state.url),
                 "status": state.status,
                 "state": describe_state(state, now=now),
                 "last_poll": _stamp(state.last_poll),
@@ -301,15 +379,15 @@ def _status(settings: Settings, store: Store, *, as_json: bool) -> int:
     if as_json:
         print(json.dumps(rows, indent=2))
     else:
-        print(f"{'SOURCE':<20} {'STORIES':>7} {'LAST SUCCESS':<21} {'NEXT POLL':<21} {'INTERVAL':<18} STATE")
+        _print(f"{'SOURCE':<20} {'STORIES':>7} {'LAST SUCCESS':<21} {'NEXT POLL':<21} {'INTERVAL':<18} STATE")
         for r in rows:
             interval = f"{r['interval']} ({r['interval_reason']})"
-            print(
+            _print(
                 f"{r['source']:<20} {r['stories']:>7} {r['last_success'] or '-':<21} "
                 f"{r['next_poll'] or 'due':<21} {interval:<18} {r['state']}"
             )
             if r["error"]:
-                print(f"{'':<20} error: {r['error']}")
+                _print(f"{'':<20} error: {r['error']}")
     return FAILED if any(r["status"] in ("failing", "gone") for r in rows) else OK
 
 
@@ -327,29 +405,29 @@ def _clusters(settings: Settings, store: Store, *, exact: bool, as_json: bool) -
         for cluster in store.clusters(names, exact=exact, limit=everything)
     ]
     if as_json:
-        print(json.dumps(result, indent=2, ensure_ascii=False))
+        print(json.dumps(result, indent=2))
     else:
         for c in result:
-            print(f"{c['title']}  [{c['id']}]")
+            _print(f"{c['title']}  [{c['id']}]")
             for s in c["stories"]:
-                print(f"    {s['source']:<18} {s['id']}  {s['title']}")
+                _print(f"    {s['source']:<18} {s['id']}  {s['title']}")
     return OK
 
 
 def _explain(store: Store, story_id: str) -> int:
     stored = store.stored_story(story_id)
     if stored is None:
-        print(f"feeds: no story {story_id!r} (ids are listed by `feeds clusters`)", file=sys.stderr)
+        _print(f"feeds: no story {story_id!r} (ids are listed by `feeds clusters`)", file=sys.stderr)
         return USAGE
     d = stored.decision
     story = stored.story
-    print(f"{story.id} ({story.source}): {story.title}")
+    _print(f"{story.id} ({story.source}): {story.title}")
     matched = store.stored_story(d["matched"]) if d.get("matched") else None
     other = f"{matched.story.id} ({matched.story.source}): {matched.story.title}" if matched else d.get("matched")
     if d.get("kind") in ("exact", "near"):
-        print(f"joined cluster {stored.cluster_id} by {d['kind']} match with {other}")
+        _print(f"joined cluster {stored.cluster_id} by {d['kind']} match with {other}")
     else:
-        print(f"started cluster {stored.cluster_id}" + (f"; nearest: {other}" if other else ""))
-    print(f"reason: {d.get('reason')}")
-    print(f"jaccard={d.get('jaccard', 0):.3f} containment={d.get('containment', 0):.3f}")
+        _print(f"started cluster {stored.cluster_id}" + (f"; nearest: {other}" if other else ""))
+    _print(f"reason: {d.get('reason')}")
+    _print(f"jaccard={d.get('jaccard', 0):.3f} containment={d.get('containment', 0):.3f}")
     return OK

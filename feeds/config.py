@@ -19,8 +19,11 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from feeds.errors import ConfigError
 from feeds.models import DedupeSettings, FetchSettings, OutputSpec, ServerSettings, Settings, Source, WebSubSettings
 from feeds.timeutil import format_duration, parse_duration
+from feeds.untrusted import xml_safe
 
 DEFAULT_PATH = Path("config/feeds.yaml")
+_COLLECTION_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: same marks, much faster
 MIN_INTERVAL_FLOOR = timedelta(minutes=1)
 _SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
@@ -60,6 +63,7 @@ class _Source(_Model):
     max_interval: Duration | None = None
     priority: int = 0
     websub: bool = False
+    private: bool = False
 
 
 class _Include(_Model):
@@ -87,6 +91,7 @@ class _Fetch(_Model):
     per_host: Annotated[int, Field(ge=1, le=16)] = 2
     user_agent: str | None = None
     max_entries: Annotated[int, Field(ge=1, le=100_000)] = 500
+    parse_timeout: Annotated[float, Field(gt=0, le=3600)] = 60.0
 
 
 class _Dedupe(_Model):
@@ -100,6 +105,7 @@ class _Server(_Model):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     cache_max_age: Annotated[int, Field(ge=0, le=86400)] = 300
+    max_connections: Annotated[int, Field(ge=16, le=100_000)] = 512
 
 
 class _WebSub(_Model):
@@ -125,24 +131,68 @@ class _Config(_Model):
 Path_ = tuple[str | int, ...]
 
 
-def _to_data(node: yaml.Node, path: Path_, lines: dict[Path_, int], problems: list[tuple[Path_, str]]) -> Any:
-    """A composed YAML node -> plain data, recording the line of every path."""
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
+class _Reader:
+    """Composed YAML nodes -> plain data, recording the line of every path. Bounded for hostile
+    files: an alias that contains itself, an alias bomb (each level repeating the one before),
+    a key that is not a scalar and a tag safe YAML does not know are problems with a line, not a
+    traceback or a hang."""
+
+    def __init__(self, text: str, lines: dict[Path_, int], problems: list[tuple[Path_, str]]) -> None:
+        self.lines = lines
+        self.problems = problems
+        self.budget = 10 * len(text) + 10_000  # nodes visited, aliases expanded included
+        self.active: set[int] = set()
+        self.constructor = yaml.SafeLoader("")
+
+    def read(self, node: yaml.Node, path: Path_) -> Any:
+        self.lines[path] = node.start_mark.line + 1
+        self.budget -= 1
+        if self.budget < 0:
+            raise _TooLargeError(path)
+        if id(node) in self.active:
+            self.problems.append((path, "an alias refers to itself (recursive YAML)"))
+            return None
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                return self.constructor.construct_object(node, deep=True)
+            except yaml.YAMLError as exc:
+                self.problems.append((path, f"unsupported value: {getattr(exc, 'problem', None) or exc}"))
+                return None
+        if node.tag not in _COLLECTION_TAGS:
+            self.problems.append((path, f"unsupported tag {node.tag}"))
+            return None
+        self.active.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, path)
+            return [self.read(item, (*path, i)) for i, item in enumerate(node.value)]
+        finally:
+            self.active.discard(id(node))
+
+    def _mapping(self, node: yaml.MappingNode, path: Path_) -> dict[Any, Any]:
         data: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = yaml.safe_load(yaml.serialize(key_node)) if not isinstance(key_node, yaml.ScalarNode) else key_node.value
-            if key in data:
-                lines[(*path, key)] = key_node.start_mark.line + 1
-                problems.append(((*path, key), "duplicate key"))
+            line = key_node.start_mark.line + 1
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None  # keys stay text: `on:` is "on"
+            if not isinstance(key, str):
+                self.lines[(*path, f"<key at line {line}>")] = line
+                self.problems.append(((*path, f"<key at line {line}>"), "a key must be a plain scalar"))
                 continue
-            lines[(*path, key)] = key_node.start_mark.line + 1
-            data[key] = _to_data(value_node, (*path, key), lines, problems)
-            lines[(*path, key)] = key_node.start_mark.line + 1
+            if key in data:
+                self.lines[(*path, key)] = line
+                self.problems.append(((*path, key), "duplicate key"))
+                continue
+            data[key] = self.read(value_node, (*path, key))
+            self.lines[(*path, key)] = line
         return data
-    if isinstance(node, yaml.SequenceNode):
-        return [_to_data(item, (*path, i), lines, problems) for i, item in enumerate(node.value)]
-    return yaml.safe_load(yaml.serialize(node))
+
+
+class _TooLargeError(Exception):
+    """The document expands past the reader's budget (an alias bomb)."""
+
+    def __init__(self, path: Path_) -> None:
+        super().__init__(path)
+        self.path = path
 
 
 def _dotted(path: Path_) -> str:
@@ -169,16 +219,26 @@ def load_settings(path: Path) -> Settings:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{display}: cannot read config: {exc}"]) from exc
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{display}:{mark.line + 1}" if mark else display
         raise ConfigError([f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}"]) from exc
+    except RecursionError as exc:
+        raise ConfigError([f"{display}: invalid YAML: nested too deeply"]) from exc
     if node is None:
         raise ConfigError([f"{display}:1: the file is empty; it needs at least `sources:`"])
     lines: dict[Path_, int] = {}
     problems: list[tuple[Path_, str]] = []
-    data = _to_data(node, (), lines, problems)
+    try:
+        data = _Reader(text, lines, problems).read(node, ())
+    except _TooLargeError as exc:
+        line = _line(exc.path, lines)
+        raise ConfigError(
+            [f"{display}:{line}: {_dotted(exc.path)}: aliases expand to far more than the file holds (is it an alias bomb?)"]
+        ) from exc
+    except RecursionError as exc:
+        raise ConfigError([f"{display}: invalid YAML: nested too deeply"]) from exc
     if not isinstance(data, dict):
         raise ConfigError([f"{display}:1: expected a mapping with `sources:`, got {type(data).__name__}"])
     model: _Config | None = None
@@ -294,10 +354,25 @@ def _check(data: dict[str, Any], base: Path) -> list[tuple[Path_, str]]:
     for i, src in enumerate(sources or []):
         if isinstance(src, dict) and src.get("websub") is True and not websub.get("public_url"):
             problems.append((("sources", i, "websub"), "needs websub.public_url: the URL where hubs can reach this server"))
+    problems.extend(_control_characters(data, ()))
     storage = data.get("storage", "sqlite:///feeds.db")
     if isinstance(storage, str) and not re.match(r"^[a-z][a-z0-9+]*://", storage):
         problems.append((("storage",), f"must be a URL such as sqlite:///feeds.db, got {storage!r}"))
     return problems
+
+
+def _control_characters(value: Any, path: Path_) -> list[tuple[Path_, str]]:
+    """Every string holding a character XML cannot carry (YAML lets "\x01" through escapes)."""
+    if isinstance(value, str):
+        if xml_safe(value) == value:
+            return []
+        bad = next(c for c in value if xml_safe(c) != c)
+        return [(path, f"contains the control character U+{ord(bad):04X}")]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _control_characters(v, (*path, k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _control_characters(v, (*path, i))]
+    return []
 
 
 def _check_url(url: str, base: Path) -> str | None:
@@ -324,6 +399,7 @@ def _settings(model: _Config, path: Path) -> Settings:
             max_interval=s.max_interval or defaults.max_interval,
             priority=s.priority,
             websub=s.websub,
+            private=s.private,
         )
         for s in model.sources
     )
@@ -359,6 +435,7 @@ def _settings(model: _Config, path: Path) -> Settings:
             workers=f.workers,
             per_host=f.per_host,
             user_agent=f.user_agent,
+            parse_timeout=f.parse_timeout,
         ),
         dedupe=DedupeSettings(
             window=model.dedupe.window,
@@ -368,7 +445,12 @@ def _settings(model: _Config, path: Path) -> Settings:
         ),
         tick=model.tick,
         max_entries=f.max_entries,
-        server=ServerSettings(host=model.server.host, port=model.server.port, cache_max_age=model.server.cache_max_age),
+        server=ServerSettings(
+            host=model.server.host,
+            port=model.server.port,
+            cache_max_age=model.server.cache_max_age,
+            max_connections=model.server.max_connections,
+        ),
         websub=WebSubSettings(hub=model.websub.hub, public_url=_slash(model.websub.public_url), lease=model.websub.lease),
     )
 

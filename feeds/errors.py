@@ -17,6 +17,9 @@ class ConfigError(FeedsError):
         super().__init__("\n".join(problems))
         self.problems = problems
 
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[list[str]]]:
+        return type(self), (self.problems,)
+
 
 class SourceError(FeedsError):
     """Something went wrong with one source; the message starts with its name."""
@@ -25,6 +28,10 @@ class SourceError(FeedsError):
         super().__init__(f"source={source}: {message}")
         self.source = source
         self.message = message
+
+    def __reduce__(self) -> tuple[type[SourceError], tuple[str, str]]:
+        # Errors cross process boundaries (parsing runs in worker processes): rebuild from both parts.
+        return type(self), (self.source, self.message)
 
 
 class ParseError(SourceError):

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from feeds.errors import FeedsError
 from feeds.models import FetchResult, PollOutcome
 from feeds.store import Store
 
@@ -46,7 +47,10 @@ class StoreCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with self.lock:
-            store = self.open_store()
+            try:
+                store = self.open_store()
+            except FeedsError:
+                return  # no store to read (`feeds serve` on the published files alone)
             try:
                 states = store.states()
                 counts = store.story_counts()

@@ -29,6 +29,7 @@ class Source:
     max_interval: timedelta = timedelta(days=1)
     priority: int = 0  # higher wins when electing a cluster's lead story
     websub: bool = False  # subscribe to the hub the feed advertises (needs websub.public_url)
+    private: bool = False  # may reach private addresses although its URL names a public host
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +219,7 @@ class FetchSettings:
     workers: int = 8
     per_host: int = 2
     user_agent: str | None = None
+    parse_timeout: float = 60.0  # seconds one body may take to parse (in a worker process) before it is abandoned
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +239,7 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     cache_max_age: int = 300  # seconds, for Cache-Control on outputs
+    max_connections: int = 512  # open client connections at most (also at most half the file descriptors)
 
 
 @dataclass(frozen=True, slots=True)

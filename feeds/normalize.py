@@ -146,7 +146,7 @@ def sanitize_html(fragment: str | None, *, base: str | None) -> str | None:
         return target
 
     cleaned = nh3.clean(
-        limit_depth(_IMG.sub(_drop_pixel, fragment[:MAX_HTML])),
+        limit_depth(_IMG.sub(_drop_pixel, xml_safe(fragment[:MAX_HTML]))),
         clean_content_tags={
             "script",
             "style",

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from html.parser import HTMLParser
 from itertools import islice
-from typing import Any
+from typing import Any, NoReturn
 
 import feedparser
 
@@ -41,8 +41,35 @@ _JSONFEED_PREFIX = "https://jsonfeed.org/version/"
 _SY_PERIODS = {"hourly": 3600, "daily": 86400, "weekly": 604800, "monthly": 2592000, "yearly": 31536000}
 _WHITESPACE = b" \t\r\n\f\v"
 _DOCTYPE_NAME = re.compile(rb"[\w:.-]{1,100}")
+
+
+def _bound_feedparser() -> None:
+    """feedparser looks for an e-mail address in every author with a regex that is quadratic in
+    the author's length (minutes for a long one, holding the GIL). Authors are cut to MAX_NAME
+    first; the cut is what `feeds` keeps anyway. Whatever else feedparser does slowly is bounded
+    by the parse time limit of the worker process it runs in."""
+    mixin = feedparser.mixin._FeedParserMixin
+    original = mixin._sync_author_detail
+    if getattr(original, "_bounded", False):
+        return
+
+    def sync_author_detail(self: Any, key: str = "author") -> None:
+        context = self._get_context()
+        value = context.get(key)
+        if isinstance(value, str) and len(value) > MAX_NAME:
+            context[key] = value[:MAX_NAME]
+        original(self, key)
+
+    sync_author_detail._bounded = True  # type: ignore[attr-defined]
+    mixin._sync_author_detail = sync_author_detail
+
+
+_bound_feedparser()
+_CHARREF = re.compile(rb"&#(x[0-9a-fA-F]{1,8}|X[0-9a-fA-F]{1,8}|[0-9]{1,10});")
+_FEED_MARKERS = (b"<rss", b"<feed", b"<rdf", b"<channel", b":rss", b":feed", b":rdf")
 MAX_DISCOVERY = 256 * 1024  # a page's <link rel="alternate"> tags are in its head
 MAX_JSON_NUMBER = 18  # digits; longer numbers in a JSON Feed are dropped, not parsed
+MAX_JSON_DEPTH = 64  # arrays and objects nested deeper in a JSON Feed become null
 _FEED_TYPES = ("application/rss+xml", "application/atom+xml", "application/feed+json", "application/json")
 
 
@@ -136,14 +163,43 @@ def looks_like_html(body: bytes) -> bool:
         return start.startswith((b"<html", b"<!doctype html")) or b"<html" in head[:2048].lower()
 
 
+def could_be_feed(body: bytes) -> bool:
+    """False when the start of a body names no feed root (rss, feed, RDF, channel): feedparser's
+    tolerant parser would spend seconds per megabyte of junk to find nothing. Bodies in UTF-16
+    or UTF-32 (a BOM or NUL bytes up front) are left to feedparser."""
+    head = body[:65536].lower()
+    if b"\x00" in head[:4] or head.startswith((b"\xfe\xff", b"\xff\xfe")):
+        return True
+    return any(marker in head for marker in _FEED_MARKERS)
+
+
+def _charref(match: re.Match[bytes]) -> bytes:
+    text = match.group(1)
+    number = int(text[1:], 16) if text[:1] in b"xX" else int(text)
+    allowed = number in (0x9, 0xA, 0xD) or 0x20 <= number <= 0xD7FF or 0xE000 <= number <= 0xFFFD or 0x10000 <= number <= 0x10FFFF
+    return match.group(0) if allowed else b"&#xFFFD;"
+
+
+def fix_charrefs(body: bytes) -> bytes:
+    """Character references to what XML cannot carry (`&#1;`, `&#xD800;`, `&#xFFFE;`) become
+    U+FFFD: one such reference makes the whole document ill-formed, and feedparser's tolerant
+    parser crashes on a surrogate."""
+    return _CHARREF.sub(_charref, body) if b"&#" in body else body
+
+
 def _parse_xml_feed(source: str, body: bytes, headers: Mapping[str, str], *, url: str) -> ParsedFeed:
-    body, neutralized = neutralize_entities(body)
+    if not could_be_feed(body):
+        _not_a_feed(source, body, url, "no RSS, Atom or JSON Feed found")
+    body, neutralized = neutralize_entities(fix_charrefs(body))
     response_headers = {"content-location": url, **{k.lower(): v for k, v in headers.items()}}
     response_headers.setdefault("content-type", "application/xml")
     # feedparser already cleans; we sanitize again with nh3 in normalize, after resolving links.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = feedparser.parse(body, response_headers=response_headers, sanitize_html=False)
+        try:
+            result = feedparser.parse(body, response_headers=response_headers, sanitize_html=False)
+        except Exception as exc:  # a feedparser bug on an input nobody foresaw: this feed fails, cleanly
+            raise ParseError(source, f"feedparser could not read it: {type(exc).__name__}: {_describe(exc)}") from exc
     version = result.get("version", "")
     entries, dropped = _each(_xml_entry, result.get("entries", []))
     warning = None
@@ -154,11 +210,7 @@ def _parse_xml_feed(source: str, body: bytes, headers: Mapping[str, str], *, url
     if dropped:
         warning = _join(warning, dropped)
     if not version and not entries:
-        if looks_like_html(body):
-            advertised = discover_feeds(body, url)
-            hint = f"; the page advertises a feed at {advertised[0]}" if advertised else ""
-            raise ParseError(source, f"not a feed: got an HTML page{hint}")
-        raise ParseError(source, f"not a feed: {warning or 'no RSS, Atom or JSON Feed found'}")
+        _not_a_feed(source, body, url, warning or "no RSS, Atom or JSON Feed found")
     feed = result.get("feed", {})
     links = [lk for lk in feed.get("links", []) if isinstance(lk, Mapping)][:50]
     return ParsedFeed(
@@ -173,6 +225,14 @@ def _parse_xml_feed(source: str, body: bytes, headers: Mapping[str, str], *, url
         hub=next((web_url(lk.get("href"), base=url) for lk in links if lk.get("rel") == "hub"), None),
         self_url=next((web_url(lk.get("href"), base=url) for lk in links if lk.get("rel") == "self"), None),
     )
+
+
+def _not_a_feed(source: str, body: bytes, url: str, why: str) -> NoReturn:
+    if looks_like_html(body):
+        advertised = discover_feeds(body, url)
+        hint = f"; the page advertises a feed at {advertised[0]}" if advertised else ""
+        raise ParseError(source, f"not a feed: got an HTML page{hint}")
+    raise ParseError(source, f"not a feed: {why}")
 
 
 def _each(read: Callable[[Any], ParsedEntry], raw: object) -> tuple[tuple[ParsedEntry, ...], str | None]:
@@ -250,6 +310,38 @@ def _xml_entry(entry: Mapping[str, Any]) -> ParsedEntry:
     )
 
 
+def limit_json_depth(body: bytes, *, depth: int = MAX_JSON_DEPTH) -> bytes:
+    """`body` with every array or object nested deeper than `depth` replaced by null, in one
+    linear pass that knows JSON strings: one absurdly deep field costs that field, not the feed
+    (json.loads raises RecursionError for the whole document)."""
+    out = bytearray()
+    level = skip_from = 0
+    skipping = in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            level += 1
+            if level == depth + 1 and not skipping:
+                skipping, skip_from = True, level
+                out += b"null"
+        elif byte in (0x5D, 0x7D):  # ] }
+            level -= 1
+            if skipping and level < skip_from:
+                skipping = False
+                continue
+        if not skipping:
+            out.append(byte)
+    return bytes(out)
+
+
 def _json_number(text: str) -> int | None:
     """JSON integers past MAX_JSON_NUMBER digits are dropped (Python refuses 4300+ digits)."""
     return int(text) if len(text.lstrip("-")) <= MAX_JSON_NUMBER else None
@@ -257,11 +349,12 @@ def _json_number(text: str) -> int | None:
 
 def _parse_json_feed(source: str, body: bytes, *, url: str) -> ParsedFeed:
     try:
-        data = json.loads(body, parse_int=_json_number)
+        try:
+            data = json.loads(body, parse_int=_json_number)
+        except RecursionError:  # rare: only then pay for the linear pass that prunes deep fields
+            data = json.loads(limit_json_depth(body), parse_int=_json_number)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ParseError(source, f"not a feed: invalid JSON ({_describe(exc)})") from exc
-    except RecursionError as exc:
-        raise ParseError(source, "not a feed: JSON nested too deeply") from exc
     if not isinstance(data, dict) or not str(data.get("version", ""))[:100].startswith(_JSONFEED_PREFIX):
         raise ParseError(source, "not a feed: JSON without a JSON Feed version (https://jsonfeed.org/version/1.1)")
     items = data.get("items")

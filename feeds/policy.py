@@ -177,7 +177,7 @@ def next_state(
         feed_id=feed.id if feed is not None else state.feed_id,
         feed_updated=feed.updated if feed is not None else state.feed_updated,
         hub=feed.hub if feed is not None else state.hub,
-        topic=(feed.self_url or state.url) if feed is not None else state.topic,
+        topic=(feed.self_url or strip_userinfo(state.url)) if feed is not None else state.topic,
     )
 
 

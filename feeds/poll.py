@@ -14,13 +14,14 @@ from datetime import datetime
 
 from feeds import policy
 from feeds.dedupe import LeadInfo, assign, better_lead, fingerprint
-from feeds.errors import ParseError
+from feeds.errors import ParseError, StoreError
 from feeds.fetch import Fetcher
 from feeds.metrics import record_poll
 from feeds.models import FetchResult, OutcomeStatus, ParsedFeed, PollOutcome, Settings, Source, SourceState, Story
 from feeds.normalize import normalize_entries
 from feeds.parse import parse_feed
 from feeds.store import PollTransaction, Store
+from feeds.workers import Inline, Runner, WorkerDiedError, WorkerTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,39 @@ def poll_due(
     names: Collection[str] = (),
     stop: threading.Event | None = None,
     progress: Callable[[int, int, PollOutcome], None] | None = None,
+    lock_wait: float = 0.0,
+    skip_if_busy: bool = False,
+    runner: Runner | None = None,
 ) -> list[PollOutcome]:
     """Poll every due source once (fetches run in parallel); return what each poll did.
-    `progress(done, total, outcome)` is told after each source."""
+    `progress(done, total, outcome)` is told after each source.
+
+    The cycle holds the store's poll lock, so processes sharing a store never poll one source
+    twice: a lock held by another process is waited for `lock_wait` seconds; if it is still
+    held, nothing is polled (`skip_if_busy`, the daemon's next tick comes soon) or StoreError."""
+    with store.poll_lock(wait=lock_wait) as locked:
+        if not locked:
+            if not skip_if_busy:
+                raise StoreError(f"another feeds process has been polling this store for {lock_wait:.0f}s; try again later")
+            log.info("poll-skipped reason=another process is polling this store")
+            return []
+        return _poll_cycle(
+            settings, store, fetcher, now=now, force=force, names=names, stop=stop, progress=progress, runner=runner or Inline()
+        )
+
+
+def _poll_cycle(
+    settings: Settings,
+    store: Store,
+    fetcher: Fetcher,
+    *,
+    now: datetime,
+    force: bool,
+    names: Collection[str],
+    stop: threading.Event | None,
+    progress: Callable[[int, int, PollOutcome], None] | None,
+    runner: Runner,
+) -> list[PollOutcome]:
     plan = due_sources(settings, store, now=now, force=force, names=names)
     sources = {state.name: source for source, state in plan}
     outcomes: list[PollOutcome] = []
@@ -63,7 +94,7 @@ def poll_due(
             log.info("poll-abandoned done=%d left=%d reason=shutdown", len(outcomes), len(plan) - len(outcomes))
             results.close()
             break
-        outcomes.append(process_result(settings, store, sources[state.name], state, result, now=now))
+        outcomes.append(process_result(settings, store, sources[state.name], state, result, now=now, runner=runner))
         if progress is not None:
             progress(len(outcomes), len(plan), outcomes[-1])
     if any(o.new for o in outcomes):
@@ -72,11 +103,19 @@ def poll_due(
 
 
 def process_result(
-    settings: Settings, store: Store, source: Source, state: SourceState, result: FetchResult, *, now: datetime
+    settings: Settings,
+    store: Store,
+    source: Source,
+    state: SourceState,
+    result: FetchResult,
+    *,
+    now: datetime,
+    runner: Runner | None = None,
 ) -> PollOutcome:
-    """Everything after the fetch for one source; never raises."""
+    """Everything after the fetch for one source; never raises. `runner` runs the parse (in a
+    worker process under a time limit, in the daemon)."""
     try:
-        outcome = _process(settings, store, source, state, result, now=now)
+        outcome = _process(settings, store, source, state, result, now=now, runner=runner or Inline())
         record_poll(outcome, result)
         return outcome
     except Exception as exc:
@@ -92,14 +131,20 @@ def process_result(
         return PollOutcome(source.name, "failed", error=message)
 
 
-def _process(settings: Settings, store: Store, source: Source, state: SourceState, result: FetchResult, *, now: datetime) -> PollOutcome:
+def _process(
+    settings: Settings, store: Store, source: Source, state: SourceState, result: FetchResult, *, now: datetime, runner: Runner
+) -> PollOutcome:
     feed: ParsedFeed | None = None
     error: str | None = None
     if result.error is None and policy.body_changed(state, result):
         try:
-            feed = parse_feed(source.name, result.body, result.headers, url=result.final_url, max_entries=settings.max_entries)
+            feed = runner.run(
+                parse_feed, source.name, result.body, dict(result.headers), url=result.final_url, max_entries=settings.max_entries
+            )
         except ParseError as exc:
             error = exc.message
+        except (WorkerTimeoutError, WorkerDiedError) as exc:
+            error = f"parsing {exc}"
     stories: tuple[Story, ...] = ()
     if feed is not None:
         stories, dropped = normalize_entries(feed, source, base=result.final_url, now=now)

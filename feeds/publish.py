@@ -14,8 +14,9 @@ from pathlib import Path
 from feeds.errors import PublishError
 from feeds.metrics import PUBLISH_SECONDS, PUBLISHES
 from feeds.models import OutputSpec, Settings, SourceState
-from feeds.render import Alert, FeedView, SourceInfo, render_all
-from feeds.store import Store
+from feeds.render import RENDERERS, Alert, FeedView, SourceInfo, render_all
+from feeds.store import STORE_MARKER, Store
+from feeds.untrusted import strip_userinfo
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def source_infos(settings: Settings, states: Mapping[str, SourceState]) -> dict[
         infos[source.name] = SourceInfo(
             name=source.name,
             title=title,
-            feed_url=state.url if state else source.url,
+            feed_url=strip_userinfo(state.url if state else source.url),
             link=state.feed_link if state else None,
             id=state.feed_id if state else None,
             updated=state.feed_updated if state else None,
@@ -95,6 +96,16 @@ def remove_stale_temp_files(directory: Path, *, now: datetime) -> None:
             pass
 
 
+def missing_outputs(settings: Settings) -> list[str]:
+    """Output files that should exist and do not (a deleted publish directory, a stray rm)."""
+    return [
+        str(settings.publish_dir / f"{o.name}.{fmt}")
+        for o in settings.outputs
+        for fmt in RENDERERS
+        if not (settings.publish_dir / f"{o.name}.{fmt}").is_file()
+    ]
+
+
 def publish_all(settings: Settings, store: Store, *, now: datetime) -> list[str]:
     """Render every output and write the files that changed; return the paths written."""
     directory = settings.publish_dir
@@ -104,6 +115,9 @@ def publish_all(settings: Settings, store: Store, *, now: datetime) -> list[str]
         raise PublishError(f"{directory}: cannot create the publish directory: {exc.strerror}") from exc
     started = time.perf_counter()
     remove_stale_temp_files(directory, now=now)
+    marker = directory / STORE_MARKER
+    if not marker.exists():
+        write_atomic(marker, f"{settings.storage}\n".encode())
     states = store.states()
     infos = source_infos(settings, states)
     written = []

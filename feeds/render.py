@@ -187,13 +187,13 @@ def _generator(view: FeedView) -> FeedGenerator:
 
 def alert_html(alert: Alert) -> str:
     """The body of a failing-source entry: the last error, escaped."""
-    return f"<p>{html.escape(alert.title)}.</p><p>Last error: {html.escape(alert.message)}</p>"
+    return xml_safe(f"<p>{html.escape(alert.title)}.</p><p>Last error: {html.escape(alert.message)}</p>")
 
 
 def _alert_entry(fe: FeedEntry, alert: Alert) -> None:
     fe.id(alert.id)
     fe.guid(alert.id, permalink=False)
-    fe.title(alert.title)
+    fe.title(xml_safe(alert.title))
     fe.updated(alert.since)
     fe.published(alert.since)
     fe.author({"name": "feeds"})
@@ -215,9 +215,14 @@ def _entry(fe: FeedEntry, view: FeedView, cluster: Cluster) -> None:
             links.append({"rel": "via", "type": "text/html", "href": other.link, "title": xml_safe(view.outlet(other).title)})
     if lead.enclosures:
         enc = lead.enclosures[0]
-        fe.enclosure(enc.url, str(enc.length or 0), enc.type or "application/octet-stream")
+        fe.enclosure(xml_safe(enc.url), str(enc.length or 0), xml_safe(enc.type or "application/octet-stream"))
     links += [
-        {"rel": "enclosure", "href": e.url, "type": e.type or "application/octet-stream", **({"length": str(e.length)} if e.length else {})}
+        {
+            "rel": "enclosure",
+            "href": xml_safe(e.url),
+            "type": xml_safe(e.type or "application/octet-stream"),
+            **({"length": str(e.length)} if e.length else {}),
+        }
         for e in lead.enclosures
     ]
     if lead.link:
@@ -334,8 +339,19 @@ def _render_json(view: FeedView) -> bytes:
     }
     if view.hub:
         document["hubs"] = [{"type": "WebSub", "url": view.hub}]
-    # Lone surrogates cannot be encoded: one in any field would stop the output.
-    return xml_safe(json.dumps(document, ensure_ascii=False, indent=2)).encode("utf-8") + b"\n"
+    # The same text as the XML formats (a lone surrogate could not even be encoded).
+    return json.dumps(_json_safe(document), ensure_ascii=False, indent=2).encode("utf-8") + b"\n"
+
+
+def _json_safe(value: Any) -> Any:
+    """Every string in a JSON document made XML-safe."""
+    if isinstance(value, str):
+        return xml_safe(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 RENDERERS = {"atom": render_atom, "rss": render_rss, "json": render_json}

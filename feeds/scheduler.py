@@ -20,8 +20,9 @@ from feeds.errors import FeedsError
 from feeds.fetch import Fetcher
 from feeds.models import Settings
 from feeds.poll import poll_due
-from feeds.publish import publish_all
+from feeds.publish import missing_outputs, publish_all
 from feeds.store import Store
+from feeds.workers import Runner
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
@@ -44,6 +45,7 @@ class Daemon:
         clock: Clock = utc_now,
         announce: Callable[[list[str]], None] | None = None,
         subscribe: Callable[[Store, datetime], object] | None = None,
+        runner: Runner | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -51,6 +53,7 @@ class Daemon:
         self.clock = clock
         self.announce = announce or (lambda written: None)
         self.subscribe = subscribe
+        self.runner = runner
         self.stopping = threading.Event()
         self.last_tick: datetime | None = None
         self.error: str | None = None  # what went wrong in the last tick, until one succeeds
@@ -64,10 +67,16 @@ class Daemon:
             return
         try:
             now = self.clock()
-            outcomes = poll_due(self.settings, self.store, self.fetcher, now=now, stop=self.stopping)
+            self.store.check()
+            outcomes = poll_due(self.settings, self.store, self.fetcher, now=now, stop=self.stopping, skip_if_busy=True, runner=self.runner)
             self.last_tick = now
-            # A publish that failed (disk full, directory gone) is retried every tick until it works.
+            # A publish that failed (disk full, directory gone) is retried every tick until it works;
+            # outputs deleted behind our back are written again.
             self.publish_pending |= any(o.new or o.updated for o in outcomes)
+            missing = missing_outputs(self.settings)
+            if missing:
+                log.warning("outputs-missing files=%s action=republish", ",".join(missing))
+                self.publish_pending = True
             if self.publish_pending:
                 self.announce(publish_all(self.settings, self.store, now=self.clock()))
                 self.publish_pending = False
@@ -143,7 +152,7 @@ class Daemon:
             log.info("signal name=%s", signal.Signals(signum).name)
             self.stopping.set()
 
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:
             self.start()
             while not self.stopping.wait(1.0):

@@ -8,11 +8,14 @@ the publish directory. Everything that comes from feeds is escaped; story HTML i
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gzip
 import hashlib
 import html
 import json
 import logging
+import resource
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -35,12 +38,14 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from feeds.metrics import OUTPUT_RESPONSES
 from feeds.models import Settings, SourceState
 from feeds.normalize import sanitize_html
 from feeds.render import FORMATS
 from feeds.timeutil import parse_http_date, parse_rfc3339
+from feeds.untrusted import digits, web_url, xml_safe
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,7 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src http: https:; connect-src 'self'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
+HEADER_TIMEOUT = 10.0  # seconds a client has to send a whole request head
 PAGE_HEADERS = {"Content-Security-Policy": CSP}  # nosniff and no-referrer come from SecurityHeaders
 LIVE_CHECK_SECONDS = 1.0  # how often an open river page's stream looks for a newer output
 
@@ -305,10 +311,11 @@ def create_app(
         name = request.path_params["name"]
         if name not in files.outputs:
             return PlainTextResponse("not found\n", status_code=404)
-        resume = request.headers.get("last-event-id") or request.query_params.get("since") or ""
+        # A cursor from the client: a short run of ASCII digits, or none (`²`, 5000 digits: none).
+        resume = digits(request.headers.get("last-event-id")) or digits(request.query_params.get("since"))
 
         async def stream() -> AsyncIterator[ServerSentEvent]:
-            last = int(resume) if resume.isdigit() else _max_seq(await run_in_threadpool(files.feed, name))
+            last = resume if resume is not None else _max_seq(await run_in_threadpool(files.feed, name))
             yield ServerSentEvent(comment="connected", retry=3000)
             while True:
                 document = await run_in_threadpool(files.feed, name) or {}
@@ -327,11 +334,12 @@ def create_app(
         outlines = []
         for source in settings.sources:
             state = current.get(source.name)
-            url = state.url if state is not None else source.url
-            if not url.startswith(("http://", "https://")):
+            url = web_url(state.url if state is not None else source.url)  # no credentials, no odd schemes
+            if url is None:
                 continue  # a local file is nothing another reader can subscribe to
-            title = source.title or (state.feed_title if state else None) or source.name
-            home = f" htmlUrl={quoteattr(state.feed_link)}" if state is not None and state.feed_link else ""
+            title = xml_safe(source.title or (state.feed_title if state else None) or source.name)
+            link = web_url(state.feed_link) if state is not None else None
+            home = f" htmlUrl={quoteattr(link)}" if link else ""
             outlines.append(f'    <outline type="rss" text={quoteattr(title)} title={quoteattr(title)} xmlUrl={quoteattr(url)}{home}/>')
         document = (
             '<?xml version="1.0" encoding="UTF-8"?>\n<opml version="2.0">\n  <head>\n    <title>feeds sources</title>\n'
@@ -347,6 +355,13 @@ def create_app(
 
     def metrics_endpoint(request: Request) -> Response:
         return Response(metrics(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    def river_without_slash(request: Request) -> Response:
+        # A relative Location: an absolute one would be built from the client's Host header.
+        name = request.path_params["name"]
+        if name not in files.outputs:
+            return PlainTextResponse("not found\n", status_code=404)
+        return Response(status_code=308, headers={"Location": f"{name}/"})
 
     def static(request: Request) -> Response:
         name = request.path_params["file"]
@@ -366,9 +381,60 @@ def create_app(
         *(websub_routes or []),
         Route("/{name}.{fmt}", output_file, methods=["GET", "HEAD"]),
         Route("/{name}/", river),
+        Route("/{name}", river_without_slash),
         Route("/{name}/events", events),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)])
+    app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)])
+    app.router.redirect_slashes = False  # its redirects are absolute URLs from the Host header
+    return app
+
+
+class _GuardedH11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with two bounds it lacks: a connection over the limit is closed
+    at once, and a request's headers must arrive within HEADER_TIMEOUT (a client that opens
+    connections and sends nothing, or one byte at a time, cannot hold file descriptors)."""
+
+    max_connections = 512
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if len(self.connections) >= self.max_connections:
+            self.transport = transport  # type: ignore[assignment]
+            self.flow = None  # type: ignore[assignment]
+            transport.close()
+            return
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._await_request()
+
+    def _await_request(self) -> None:
+        self._cancel_header_timer()
+        self._header_timer = self.loop.call_later(HEADER_TIMEOUT, self._header_timeout)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._cancel_header_timer()  # a whole request head arrived
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._await_request()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        if self.flow is None:
+            return  # closed in connection_made: never counted
+        super().connection_lost(exc)
 
 
 class _Server(uvicorn.Server):
@@ -381,7 +447,32 @@ class _Server(uvicorn.Server):
         self.should_exit = True
 
 
-def make_server(app: Starlette, *, host: str, port: int) -> uvicorn.Server:
+def connection_limit(wanted: int) -> int:
+    """How many connections the server may hold: `wanted`, but at most half the file descriptors
+    this process may open (raised to the hard limit first), so polling and the store keep theirs."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return max(16, min(wanted, soft // 2)) if soft != resource.RLIM_INFINITY else wanted
+
+
+def make_server(app: Starlette, *, host: str, port: int, max_connections: int = 512) -> uvicorn.Server:
     """A uvicorn server for the app (run it with .run(); it returns on SIGINT/SIGTERM)."""
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=3)
+    limit = connection_limit(max_connections)
+    protocol = type("GuardedH11", (_GuardedH11,), {"max_connections": limit})
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=protocol,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=3,
+        limit_concurrency=limit,
+        timeout_keep_alive=5,
+    )
     return _Server(config)

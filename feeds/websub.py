@@ -26,14 +26,18 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from feeds import policy
+from feeds.fetch import Fetcher, configured_private
 from feeds.metrics import WEBSUB_PUSHES
 from feeds.models import FetchResult, Settings, Source, SourceState
 from feeds.poll import process_result
 from feeds.store import Store
+from feeds.untrusted import MAX_HEADER, digits, strip_userinfo
+from feeds.workers import Runner
 
 log = logging.getLogger(__name__)
 SIGNATURES = {"sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512}
-TIMEOUT = (10.0, 30.0)
+VERIFY_WITHIN = timedelta(hours=1)  # a hub verifies a subscription request within this long, or not at all
+MAX_LEASE = timedelta(days=30)  # the longest lease a hub may grant us
 
 
 def output_urls(settings: Settings, written: Sequence[str]) -> list[str]:
@@ -41,17 +45,18 @@ def output_urls(settings: Settings, written: Sequence[str]) -> list[str]:
     return [settings.base_url + Path(path).name for path in written]
 
 
-def ping_hub(session: requests.Session, hub: str, urls: Sequence[str]) -> bool:
-    """Tell the hub these topics changed (hub.mode=publish); never raises."""
+def ping_hub(fetcher: Fetcher, hub: str, urls: Sequence[str]) -> bool:
+    """Tell the hub these topics changed (hub.mode=publish); never raises. The hub is the user's
+    own setting, so it may be on a private address when its URL says so on its face."""
     if not urls:
         return True
     try:
-        response = session.post(hub, data=[("hub.mode", "publish"), *(("hub.url", u) for u in urls)], timeout=TIMEOUT)
+        status = fetcher.post(hub, [("hub.mode", "publish"), *(("hub.url", u) for u in urls)], allow_private=configured_private(hub))
     except requests.RequestException as exc:
-        log.warning("websub-ping-failed hub=%s error=%s", hub, exc)
+        log.warning("websub-ping-failed hub=%s error=%s", strip_userinfo(hub), exc)
         return False
-    if response.status_code >= 300:
-        log.warning("websub-ping-refused hub=%s status=%d", hub, response.status_code)
+    if status >= 300:
+        log.warning("websub-ping-refused hub=%s status=%d", strip_userinfo(hub), status)
         return False
     log.info("websub-pinged hub=%s urls=%d", hub, len(urls))
     return True
@@ -76,16 +81,18 @@ class Subscriber:
         self,
         settings: Settings,
         open_store: Callable[[], Store],
-        session: requests.Session,
+        fetcher: Fetcher,
         *,
         clock: Callable[[], datetime],
         on_change: Callable[[Store], None],
+        runner: Runner | None = None,
     ) -> None:
         self.settings = settings
         self.open_store = open_store
-        self.session = session
+        self.fetcher = fetcher
         self.clock = clock
         self.on_change = on_change
+        self.runner = runner
 
     def callback(self, source: Source) -> str:
         """Where the hub reaches us for this source."""
@@ -106,19 +113,20 @@ class Subscriber:
 
     def _request(self, store: Store, source: Source, state: SourceState, *, now: datetime) -> None:
         secret = state.websub_secret or secrets.token_hex(32)
-        topic = state.topic or state.url
-        data = {
-            "hub.mode": "subscribe",
-            "hub.topic": topic,
-            "hub.callback": self.callback(source),
-            "hub.secret": secret,
-            "hub.lease_seconds": str(int(self.settings.websub.lease.total_seconds())),
-        }
+        topic = state.topic or strip_userinfo(state.url)  # the hub is a third party: no credentials
+        data = [
+            ("hub.mode", "subscribe"),
+            ("hub.topic", topic),
+            ("hub.callback", self.callback(source)),
+            ("hub.secret", secret),
+            ("hub.lease_seconds", str(int(self.settings.websub.lease.total_seconds()))),
+        ]
         try:
-            response = self.session.post(state.hub or "", data=data, timeout=TIMEOUT)
-            log.info("websub-subscribe source=%s hub=%s status=%d", source.name, state.hub, response.status_code)
+            # A hub the feed advertises is reached only where the feed itself may reach.
+            status = self.fetcher.post(state.hub or "", data, allow_private=self.fetcher.private_allowed(state))
+            log.info("websub-subscribe source=%s hub=%s status=%d", source.name, strip_userinfo(state.hub or ""), status)
         except requests.RequestException as exc:
-            log.warning("websub-subscribe-failed source=%s hub=%s error=%s", source.name, state.hub, exc)
+            log.warning("websub-subscribe-failed source=%s hub=%s error=%s", source.name, strip_userinfo(state.hub or ""), exc)
         store.save_state(replace(state, websub_secret=secret, websub_requested=now, topic=topic))
 
     def verify(self, name: str, params: dict[str, str]) -> tuple[int, str]:
@@ -130,13 +138,19 @@ class Subscriber:
         store = self.open_store()
         try:
             state = store.states().get(name)
-            if state is None or topic != (state.topic or state.url):
+            if state is None or topic != (state.topic or strip_userinfo(state.url)):
                 return 404, "unknown topic\n"
+            now = self.clock()
             if mode == "subscribe" and source.websub and state.websub_requested is not None:
-                lease = params.get("hub.lease_seconds", "")
-                seconds = int(lease) if lease.isdigit() else int(self.settings.websub.lease.total_seconds())
-                store.save_state(replace(state, websub_expires=self.clock() + timedelta(seconds=seconds)))
-                log.info("websub-verified source=%s lease=%ss", name, seconds)
+                # Only an answer to a request of ours, and soon after it: no forged or replayed
+                # verification sets a lease, and no hub sets one longer than MAX_LEASE.
+                if not now - VERIFY_WITHIN <= state.websub_requested <= now:
+                    return 404, "no pending subscription request\n"
+                asked = self.settings.websub.lease
+                given = digits(params.get("hub.lease_seconds"))
+                lease = min(timedelta(seconds=given) if given else asked, MAX_LEASE)
+                store.save_state(replace(state, websub_expires=now + lease))
+                log.info("websub-verified source=%s lease=%ss", name, int(lease.total_seconds()))
                 return 200, challenge
             if mode == "unsubscribe" and not source.websub:
                 store.save_state(replace(state, websub_expires=None, websub_requested=None))
@@ -148,6 +162,11 @@ class Subscriber:
             return 404, "not requested\n"
         finally:
             store.close()
+
+    def accepts(self, name: str) -> bool:
+        """True when `name` is a source subscribed by WebSub (checked before reading a push)."""
+        source = self.settings.source(name)
+        return source is not None and source.websub
 
     def deliver(self, name: str, body: bytes, headers: dict[str, str]) -> int:
         """Take pushed content: run it through the pipeline if its signature is valid."""
@@ -169,7 +188,9 @@ class Subscriber:
             result = FetchResult(
                 url=topic, final_url=topic, status=200, headers={"content-type": headers.get("content-type", "")}, body=body
             )
-            outcome = process_result(self.settings, store, source, policy.reconcile(state, source), result, now=self.clock())
+            outcome = process_result(
+                self.settings, store, source, policy.reconcile(state, source), result, now=self.clock(), runner=self.runner
+            )
             WEBSUB_PUSHES.labels(result=outcome.status).inc()
             if outcome.new or outcome.updated:
                 self.on_change(store)
@@ -185,8 +206,21 @@ class Subscriber:
             if request.method == "GET":
                 status, text = await run_in_threadpool(self.verify, name, dict(request.query_params))
                 return PlainTextResponse(text, status_code=status)
-            body = await request.body()
-            headers = {k.lower(): v for k, v in request.headers.items()}
-            return Response(status_code=await run_in_threadpool(self.deliver, name, body, headers))
+            # Unauthenticated until the signature is checked: refuse before reading, read with a cap.
+            if not self.accepts(name):
+                return Response(status_code=404)
+            cap = self.settings.fetch.max_body_bytes
+            declared = request.headers.get("content-length")
+            if declared is not None and (digits(declared) is None or (digits(declared) or 0) > cap):
+                WEBSUB_PUSHES.labels(result="too_large").inc()
+                return Response(status_code=413)
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > cap:
+                    WEBSUB_PUSHES.labels(result="too_large").inc()
+                    return Response(status_code=413)
+            headers = {k.lower(): v[:MAX_HEADER] for k, v in request.headers.items()}
+            return Response(status_code=await run_in_threadpool(self.deliver, name, bytes(body), headers))
 
         return [Route("/websub/{source}", callback, methods=["GET", "POST"])]

@@ -34,6 +34,7 @@ class Route:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # before the response starts
     trickle: float = 0.0  # seconds between body bytes
+    header_trickle: float = 0.0  # seconds between the bytes of the status line and headers
     etag: str | None = None  # answer 304 to a matching If-None-Match
     content_type: str = "application/rss+xml; charset=utf-8"
 
@@ -50,7 +51,8 @@ class Hit:
 class FeedServer:
     """A threaded HTTP server on 127.0.0.1 serving configured routes and logging every request."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.routes: dict[str, Route] = {}
         self.hits: list[Hit] = []
         self.lock = threading.Lock()
@@ -85,6 +87,17 @@ class FeedServer:
                     return
                 if route.delay:
                     time.sleep(route.delay)
+                if route.header_trickle:
+                    head = f"HTTP/1.1 {route.status} OK\r\nContent-Type: {route.content_type}\r\nContent-Length: 0\r\n\r\n".encode()
+                    try:
+                        for i in range(len(head)):
+                            self.wfile.write(head[i : i + 1])
+                            self.wfile.flush()
+                            time.sleep(route.header_trickle)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                    self.close_connection = True
+                    return
                 if route.etag and self.headers.get("If-None-Match") == route.etag:
                     self.send_response(304)
                     self.send_header("ETag", route.etag)
@@ -115,7 +128,7 @@ class FeedServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer((host, 0), Handler)
         self.httpd.daemon_threads = True
         self.httpd.handle_error = lambda request, address: None  # type: ignore[method-assign]  # clients we cut off
         self.port = self.httpd.server_address[1]
@@ -124,7 +137,7 @@ class FeedServer:
 
     def url(self, path: str) -> str:
         """The absolute URL of a path on this server."""
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"http://{self.host}:{self.port}{path}"
 
     def serve(self, path: str, body: bytes | str | Callable[[], bytes] = b"", **kwargs: Any) -> str:
         """Serve `body` at `path`; return its URL."""

@@ -50,10 +50,15 @@ class PollTransaction(Protocol):
     def save_state(self, state: SourceState) -> None: ...
 
 
+STORE_MARKER = ".feeds-store"  # written into the publish directory: outputs there came from a store
+
+
 class Store(Protocol):
     """Everything the pipeline keeps: source states, stories, clusters, published outputs."""
 
     def close(self) -> None: ...
+    def check(self) -> None: ...
+    def poll_lock(self, *, wait: float) -> AbstractContextManager[bool]: ...
     def transaction(self) -> AbstractContextManager[PollTransaction]: ...
     def states(self) -> dict[str, SourceState]: ...
     def save_state(self, state: SourceState) -> None: ...
@@ -66,13 +71,19 @@ class Store(Protocol):
     def save_output(self, name: str, digest: str, *, now: datetime) -> None: ...
 
 
-def open_store(url: str, *, base: Path) -> Store:
-    """Open the store a `storage:` URL names; relative SQLite paths are relative to `base`."""
+def open_store(url: str, *, base: Path, must_exist: bool = False) -> Store:
+    """Open the store a `storage:` URL names; relative SQLite paths are relative to `base`.
+    With `must_exist`, a missing database is an error instead of a new, empty store."""
     if url.startswith("sqlite:///"):
         from feeds.store.sqlite import SQLiteStore
 
         raw = url[len("sqlite:///") :]
         path = Path(raw) if raw.startswith("/") else base / raw
+        if must_exist and not path.exists():
+            raise StoreError(
+                f"{path}: the database does not exist, but outputs were published from it (a {STORE_MARKER} file "
+                "in the publish directory says so); restore it, or delete that file to start a new, empty store"
+            )
         return SQLiteStore(path)
     raise StoreError(f"storage {url!r}: unsupported (use sqlite:///path/to/feeds.db)")
 

@@ -6,9 +6,11 @@ serialized by SQLite's lock and wait up to `BUSY_TIMEOUT` seconds, then fail wit
 
 from __future__ import annotations
 
+import fcntl
 import json
 import sqlite3
 import threading
+import time
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -143,6 +145,8 @@ class SQLiteStore:
             self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB: the hot index pages of a large store
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
+            stat = path.stat()
+            self._identity = (stat.st_dev, stat.st_ino)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{path}: cannot open the database: {exc}") from exc
         self._lock = threading.RLock()
@@ -150,6 +154,41 @@ class SQLiteStore:
     def close(self) -> None:
         """Close the connection."""
         self._db.close()
+
+    def check(self) -> None:
+        """Raise StoreError if the database file was deleted or replaced since it was opened:
+        writing on would go to a file nobody can open again."""
+        try:
+            now = self.path.stat()
+        except FileNotFoundError:
+            raise StoreError(f"{self.path}: the database file was deleted while feeds had it open; restore it and restart") from None
+        if (now.st_dev, now.st_ino) != self._identity:
+            raise StoreError(f"{self.path}: the database file was replaced while feeds had it open; restart feeds")
+
+    @contextmanager
+    def poll_lock(self, *, wait: float) -> Iterator[bool]:
+        """Hold the store's poll lock (a file lock beside the database) while polling, so one
+        store has one poller per source however many processes share it. Yields False if
+        another process held it for `wait` seconds."""
+        lock_path = self.path.with_name(self.path.name + ".poll.lock")
+        handle = lock_path.open("a")
+        try:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        yield False
+                        return
+                    time.sleep(0.2)
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        finally:
+            handle.close()
 
     # -- schema -------------------------------------------------------------------------------
 
