@@ -255,7 +255,9 @@ def _serve(args: argparse.Namespace, settings: Settings, *, health: HealthCheck,
     collector = StoreCollector(scoped_store, utc_now)
     app = create_app(settings, health=health, metrics=lambda: exposition(collector), states=states, websub_routes=routes)
     log.warning("serving url=http://%s:%d/ publish_dir=%s", host, port, settings.publish_dir)
-    server = make_server(app, host=host, port=port, max_connections=settings.server.max_connections)
+    server = make_server(
+        app, host=host, port=port, max_connections=settings.server.max_connections, header_timeout=settings.server.header_timeout
+    )
     # SIGHUP (a closed terminal, a reload request) stops cleanly, like SIGTERM; reloading comes later.
     previous = signal.signal(signal.SIGHUP, server.handle_exit)
     try:

@@ -106,6 +106,7 @@ class _Server(_Model):
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     cache_max_age: Annotated[int, Field(ge=0, le=86400)] = 300
     max_connections: Annotated[int, Field(ge=16, le=100_000)] = 512
+    header_timeout: Duration = timedelta(seconds=10)
 
 
 class _WebSub(_Model):
@@ -450,6 +451,7 @@ def _settings(model: _Config, path: Path) -> Settings:
             port=model.server.port,
             cache_max_age=model.server.cache_max_age,
             max_connections=model.server.max_connections,
+            header_timeout=model.server.header_timeout.total_seconds(),
         ),
         websub=WebSubSettings(hub=model.websub.hub, public_url=_slash(model.websub.public_url), lease=model.websub.lease),
     )

@@ -240,6 +240,7 @@ class ServerSettings:
     port: int = 8080
     cache_max_age: int = 300  # seconds, for Cache-Control on outputs
     max_connections: int = 512  # open client connections at most (also at most half the file descriptors)
+    header_timeout: float = 10.0  # seconds a client has to send a whole request head
 
 
 @dataclass(frozen=True, slots=True)

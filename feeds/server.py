@@ -54,7 +54,6 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src http: https:; connect-src 'self'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-HEADER_TIMEOUT = 10.0  # seconds a client has to send a whole request head
 PAGE_HEADERS = {"Content-Security-Policy": CSP}  # nosniff and no-referrer come from SecurityHeaders
 LIVE_CHECK_SECONDS = 1.0  # how often an open river page's stream looks for a newer output
 
@@ -391,10 +390,11 @@ def create_app(
 
 class _GuardedH11(H11Protocol):
     """uvicorn's HTTP/1.1 protocol with two bounds it lacks: a connection over the limit is closed
-    at once, and a request's headers must arrive within HEADER_TIMEOUT (a client that opens
+    at once, and a request's head must arrive within `header_timeout` s (a client that opens
     connections and sends nothing, or one byte at a time, cannot hold file descriptors)."""
 
     max_connections = 512
+    header_timeout = 10.0
     _header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -408,7 +408,7 @@ class _GuardedH11(H11Protocol):
 
     def _await_request(self) -> None:
         self._cancel_header_timer()
-        self._header_timer = self.loop.call_later(HEADER_TIMEOUT, self._header_timeout)
+        self._header_timer = self.loop.call_later(self.header_timeout, self._header_timeout)
 
     def _cancel_header_timer(self) -> None:
         if self._header_timer is not None:
@@ -459,10 +459,10 @@ def connection_limit(wanted: int) -> int:
     return max(16, min(wanted, soft // 2)) if soft != resource.RLIM_INFINITY else wanted
 
 
-def make_server(app: Starlette, *, host: str, port: int, max_connections: int = 512) -> uvicorn.Server:
+def make_server(app: Starlette, *, host: str, port: int, max_connections: int = 512, header_timeout: float = 10.0) -> uvicorn.Server:
     """A uvicorn server for the app (run it with .run(); it returns on SIGINT/SIGTERM)."""
     limit = connection_limit(max_connections)
-    protocol = type("GuardedH11", (_GuardedH11,), {"max_connections": limit})
+    protocol = type("GuardedH11", (_GuardedH11,), {"max_connections": limit, "header_timeout": header_timeout})
     config = uvicorn.Config(
         app,
         host=host,

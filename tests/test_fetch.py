@@ -9,7 +9,7 @@ import tracemalloc
 from dataclasses import replace
 
 from feeds import USER_AGENT
-from feeds.fetch import Fetcher, is_private
+from feeds.fetch import Fetcher
 from feeds.models import FetchSettings, SourceState
 from tests.conftest import FeedServer, rss, story_item
 
@@ -109,5 +109,3 @@ def test_redirects_permanent_temporary_loops_and_chains(server: FeedServer) -> N
         server.serve(f"/chain{i}", status=302, headers={"Location": f"/chain{i + 1}"})
     chain = fetcher.fetch(state(server.url("/chain0")))
     assert chain.status is None and "more than 3 redirects" in (chain.error or "")
-
-
