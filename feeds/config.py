@@ -8,6 +8,7 @@ follow. Nothing here polls or writes.
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -47,10 +48,19 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _default(cls: type, name: str) -> Any:
+    """The default a runtime dataclass declares for a field: every setting is declared once, there."""
+    return next(f.default for f in fields(cls) if f.name == name)
+
+
+def _seconds(cls: type, name: str) -> timedelta:
+    return timedelta(seconds=_default(cls, name))
+
+
 class _Defaults(_Model):
-    interval: Duration = timedelta(minutes=30)
-    min_interval: Duration = timedelta(minutes=5)
-    max_interval: Duration = timedelta(days=1)
+    interval: Duration = _default(Source, "interval")
+    min_interval: Duration = _default(Source, "min_interval")
+    max_interval: Duration = _default(Source, "max_interval")
 
 
 class _Source(_Model):
@@ -82,44 +92,44 @@ class _Output(_Model):
 
 
 class _Fetch(_Model):
-    connect_timeout: Annotated[float, Field(gt=0, le=300)] = 10.0
-    read_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
-    max_wire_bytes: Annotated[int, Field(ge=1024)] = 10_000_000
-    max_body_bytes: Annotated[int, Field(ge=1024)] = 50_000_000
-    max_redirects: Annotated[int, Field(ge=0, le=20)] = 5
-    workers: Annotated[int, Field(ge=1, le=64)] = 8
-    per_host: Annotated[int, Field(ge=1, le=16)] = 2
-    user_agent: str | None = None
-    max_entries: Annotated[int, Field(ge=1, le=100_000)] = 500
-    parse_timeout: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    connect_timeout: Annotated[float, Field(gt=0, le=300)] = _default(FetchSettings, "connect_timeout")
+    read_timeout: Annotated[float, Field(gt=0, le=3600)] = _default(FetchSettings, "read_timeout")
+    max_wire_bytes: Annotated[int, Field(ge=1024)] = _default(FetchSettings, "max_wire_bytes")
+    max_body_bytes: Annotated[int, Field(ge=1024)] = _default(FetchSettings, "max_body_bytes")
+    max_redirects: Annotated[int, Field(ge=0, le=20)] = _default(FetchSettings, "max_redirects")
+    workers: Annotated[int, Field(ge=1, le=64)] = _default(FetchSettings, "workers")
+    per_host: Annotated[int, Field(ge=1, le=16)] = _default(FetchSettings, "per_host")
+    user_agent: str | None = _default(FetchSettings, "user_agent")
+    parse_timeout: Annotated[float, Field(gt=0, le=3600)] = _default(FetchSettings, "parse_timeout")
+    max_entries: Annotated[int, Field(ge=1, le=100_000)] = _default(Settings, "max_entries")
 
 
 class _Dedupe(_Model):
-    window: Duration = timedelta(days=3)
-    jaccard: Annotated[float, Field(gt=0, le=1)] = 0.5
-    containment: Annotated[float, Field(gt=0, le=1)] = 0.8
-    min_words: Annotated[int, Field(ge=3, le=1000)] = 15
+    window: Duration = _default(DedupeSettings, "window")
+    jaccard: Annotated[float, Field(gt=0, le=1)] = _default(DedupeSettings, "jaccard")
+    containment: Annotated[float, Field(gt=0, le=1)] = _default(DedupeSettings, "containment")
+    min_words: Annotated[int, Field(ge=3, le=1000)] = _default(DedupeSettings, "min_words")
 
 
 class _Server(_Model):
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=0, le=65535)] = 8080
-    cache_max_age: Annotated[int, Field(ge=0, le=86400)] = 300
-    max_connections: Annotated[int, Field(ge=16, le=100_000)] = 512
-    header_timeout: Duration = timedelta(seconds=10)
+    host: str = _default(ServerSettings, "host")
+    port: Annotated[int, Field(ge=0, le=65535)] = _default(ServerSettings, "port")
+    cache_max_age: Annotated[int, Field(ge=0, le=86400)] = _default(ServerSettings, "cache_max_age")
+    max_connections: Annotated[int, Field(ge=16, le=100_000)] = _default(ServerSettings, "max_connections")
+    header_timeout: Duration = _seconds(ServerSettings, "header_timeout")
 
 
 class _WebSub(_Model):
     hub: str | None = None
     public_url: str | None = None
-    lease: Duration = timedelta(days=5)
+    lease: Duration = _default(WebSubSettings, "lease")
 
 
 class _Config(_Model):
     storage: str = "sqlite:///feeds.db"
     publish_dir: str = "public"
     base_url: str = "http://localhost:8080/"
-    tick: Duration = timedelta(seconds=10)
+    tick: Duration = _default(Settings, "tick")
     defaults: _Defaults = _Defaults()
     fetch: _Fetch = _Fetch()
     dedupe: _Dedupe = _Dedupe()
@@ -295,9 +305,10 @@ def _check(data: dict[str, Any], base: Path) -> list[tuple[Path_, str]]:
     problems: list[tuple[Path_, str]] = []
     raw_defaults = data.get("defaults")
     defaults = raw_defaults if isinstance(raw_defaults, dict) else {}
-    default_interval = _maybe_duration(defaults.get("interval"), timedelta(minutes=30)) or timedelta(minutes=30)
-    default_low = _maybe_duration(defaults.get("min_interval"), timedelta(minutes=5)) or timedelta(minutes=5)
-    default_high = _maybe_duration(defaults.get("max_interval"), timedelta(days=1)) or timedelta(days=1)
+    fallback = {key: _default(Source, key) for key in ("interval", "min_interval", "max_interval")}
+    default_interval = _maybe_duration(defaults.get("interval"), fallback["interval"]) or fallback["interval"]
+    default_low = _maybe_duration(defaults.get("min_interval"), fallback["min_interval"]) or fallback["min_interval"]
+    default_high = _maybe_duration(defaults.get("max_interval"), fallback["max_interval"]) or fallback["max_interval"]
     sources = data.get("sources") if isinstance(data.get("sources"), list) else []
     seen: dict[str, int] = {}
     tags: set[str] = set()
@@ -427,32 +438,11 @@ def _settings(model: _Config, path: Path) -> Settings:
         base_url=base_url,
         sources=sources,
         outputs=outputs,
-        fetch=FetchSettings(
-            connect_timeout=f.connect_timeout,
-            read_timeout=f.read_timeout,
-            max_wire_bytes=f.max_wire_bytes,
-            max_body_bytes=f.max_body_bytes,
-            max_redirects=f.max_redirects,
-            workers=f.workers,
-            per_host=f.per_host,
-            user_agent=f.user_agent,
-            parse_timeout=f.parse_timeout,
-        ),
-        dedupe=DedupeSettings(
-            window=model.dedupe.window,
-            jaccard=model.dedupe.jaccard,
-            containment=model.dedupe.containment,
-            min_words=model.dedupe.min_words,
-        ),
+        fetch=FetchSettings(**f.model_dump(exclude={"max_entries"})),
+        dedupe=DedupeSettings(**model.dedupe.model_dump()),
         tick=model.tick,
         max_entries=f.max_entries,
-        server=ServerSettings(
-            host=model.server.host,
-            port=model.server.port,
-            cache_max_age=model.server.cache_max_age,
-            max_connections=model.server.max_connections,
-            header_timeout=model.server.header_timeout.total_seconds(),
-        ),
+        server=ServerSettings(**{**model.server.model_dump(), "header_timeout": model.server.header_timeout.total_seconds()}),
         websub=WebSubSettings(hub=model.websub.hub, public_url=_slash(model.websub.public_url), lease=model.websub.lease),
     )
 

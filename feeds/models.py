@@ -229,7 +229,7 @@ class DedupeSettings:
     window: timedelta = timedelta(days=3)
     jaccard: float = 0.5
     containment: float = 0.8
-    min_words: int = 20
+    min_words: int = 15
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -111,3 +112,50 @@ def test_check_command_exit_codes(tmp_path: Path) -> None:
     # a bad config never starts polling
     assert run_feeds("poll", "-c", str(path)).returncode == 2
     assert not (tmp_path / "feeds.db").exists()
+
+
+def test_every_default_is_declared_once_and_the_readme_agrees() -> None:
+    from dataclasses import fields
+
+    from feeds.config import _Config
+    from feeds.models import DedupeSettings, FetchSettings, ServerSettings, Settings, Source, WebSubSettings
+    from feeds.timeutil import format_duration
+
+    loaded = _Config.model_validate({"sources": [{"name": "a", "url": "http://a.example/"}]})
+    runtime = {
+        "fetch": FetchSettings(),
+        "dedupe": DedupeSettings(),
+        "server": ServerSettings(),
+        "websub": WebSubSettings(),
+    }
+    for section, instance in runtime.items():
+        model = getattr(loaded, section)
+        for f in fields(instance):
+            value = getattr(model, f.name)
+            expected = getattr(instance, f.name)
+            if isinstance(value, timedelta) and not isinstance(expected, timedelta):
+                value = value.total_seconds()
+            assert value == expected, f"{section}.{f.name}: config default {value!r}, runtime default {expected!r}"
+    assert loaded.tick == Settings.__dataclass_fields__["tick"].default
+    assert loaded.fetch.max_entries == Settings.__dataclass_fields__["max_entries"].default
+    for key in ("interval", "min_interval", "max_interval"):
+        assert getattr(loaded.defaults, key) == Source.__dataclass_fields__[key].default
+    # The README's configuration table shows the same defaults.
+    readme = (ROOT / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `([a-z_.]+)` \| `([^`]*)` \|", readme, re.MULTILINE))
+    checked = 0
+    for section, instance in runtime.items():
+        for f in fields(instance):
+            key = f"{section}.{f.name}"
+            if key not in rows or getattr(instance, f.name) is None:
+                continue
+            value = getattr(instance, f.name)
+            if isinstance(value, timedelta):
+                forms = {format_duration(value)}
+            elif isinstance(value, int | float):
+                forms = {str(value), f"{value:g}", f"{value:g}s"}
+            else:
+                forms = {str(value)}
+            assert rows[key] in forms, f"README shows {key} = {rows[key]}, the default is {value}"
+            checked += 1
+    assert checked >= 15
