@@ -18,7 +18,7 @@ from feeds.errors import ParseError, StoreError
 from feeds.fetch import Fetcher
 from feeds.metrics import record_poll
 from feeds.models import FetchResult, OutcomeStatus, ParsedFeed, PollOutcome, Settings, Source, SourceState, Story
-from feeds.normalize import normalize_entries
+from feeds.normalize import normalize_entries, stable_hash
 from feeds.parse import parse_feed
 from feeds.store import PollTransaction, Store
 from feeds.workers import Inline, Runner, WorkerDiedError, WorkerTimeoutError
@@ -26,19 +26,35 @@ from feeds.workers import Inline, Runner, WorkerDiedError, WorkerTimeoutError
 log = logging.getLogger(__name__)
 
 
+def sync_sources(settings: Settings, store: Store) -> None:
+    """Give every configured source a stored state (a new source, or one whose URL changed in the
+    config, starts afresh), so due selection is one query. Skipped while the config's sources
+    are the ones last synced."""
+    digest = stable_hash(*(f"{s.name}\t{s.url}" for s in settings.sources))
+    if store.meta("sources_digest") == digest:
+        return
+    stored = store.configured_urls()
+    fresh = [policy.initial_state(s) for s in settings.sources if stored.get(s.name, "") != s.url]
+    if fresh:
+        store.save_states(fresh)
+    store.set_meta("sources_digest", digest)
+
+
 def due_sources(
     settings: Settings, store: Store, *, now: datetime, force: bool = False, names: Collection[str] = ()
 ) -> list[tuple[Source, SourceState]]:
     """The configured sources to poll now, with their states."""
-    states = store.states()
+    sync_sources(settings, store)
+    configured = {s.name: (i, s) for i, s in enumerate(settings.sources)}
     plan = []
-    for source in settings.sources:
-        if names and source.name not in names:
-            continue
-        state = policy.reconcile(states.get(source.name), source)
+    for stored in store.due(now, force=force):
+        order, source = configured.get(stored.name, (0, None))
+        if source is None or (names and source.name not in names):
+            continue  # a source no longer configured, or not asked for
+        state = policy.reconcile(stored, source)
         if policy.is_due(state, now=now, force=force):
-            plan.append((source, state))
-    return plan
+            plan.append((order, source, state))
+    return [(source, state) for _, source, state in sorted(plan, key=lambda p: p[0])]
 
 
 def poll_due(

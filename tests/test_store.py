@@ -43,7 +43,7 @@ def test_version_1_database_migrates_without_losing_anything(tmp_path: Path) -> 
     path = tmp_path / "feeds.db"
     version_1_database(path)
     store = SQLiteStore(path)
-    assert store.schema_version == len(MIGRATIONS) == 2
+    assert store.schema_version == len(MIGRATIONS) == 3
     near = store.clusters(["a", "b"], exact=False, limit=10)
     assert [c.atom_id for c in near] == ["urn:feeds:3", "urn:feeds:1"]  # newest first reported first
     assert [s.id for s in near[0].members] == ["new", "new-copy"]
@@ -53,7 +53,7 @@ def test_version_1_database_migrates_without_losing_anything(tmp_path: Path) -> 
     only_b = store.clusters(["b"], exact=False, limit=10)
     assert [(c.atom_id, [s.id for s in c.members]) for c in only_b] == [("urn:feeds:3", ["new-copy"])]
     store.close()
-    assert SQLiteStore(path).schema_version == 2  # reopening runs nothing twice
+    assert SQLiteStore(path).schema_version == 3  # reopening runs nothing twice
 
 
 def test_newer_and_corrupt_databases_are_refused_with_the_path(tmp_path: Path) -> None:
@@ -97,4 +97,41 @@ def test_band_index_is_pruned_to_the_window_at_most_hourly(tmp_path: Path) -> No
     assert store.prune_index(before=now - settings.window + timedelta(minutes=30)) == 0  # within the hour: skipped
     assert store._db.execute(bands).fetchone()[0] == 64
     assert store.story_counts() == {"a": 2}  # stories themselves are never pruned
+    store.close()
+
+
+def test_version_2_source_states_migrate_into_the_due_query(tmp_path: Path) -> None:
+    from dataclasses import replace
+    from datetime import UTC, datetime, timedelta
+
+    from feeds.models import SourceState
+    from feeds.store import state_to_json
+
+    path = tmp_path / "feeds.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    for migration in MIGRATIONS[:2]:
+        for statement in migration.split(";"):
+            if statement.strip():
+                db.execute(statement)
+    db.execute("PRAGMA user_version=2")
+    now = datetime(2026, 11, 25, 12, tzinfo=UTC)
+    base = SourceState(name="x", url="http://x.example/", configured_url="http://x.example/", status="ok")
+    states = [
+        replace(base, name="due", next_poll=now - timedelta(minutes=1)),
+        replace(base, name="later", next_poll=now + timedelta(hours=1)),
+        replace(base, name="throttled", status="failing", next_poll=now - timedelta(hours=1), retry_after=now + timedelta(hours=2)),
+        replace(base, name="gone", status="gone"),
+        replace(base, name="never", status="new"),
+    ]
+    for state in states:  # as version 2 wrote them: the state blob, status and next_poll only
+        next_poll = state.next_poll.timestamp() if state.next_poll else None
+        db.execute("INSERT INTO sources VALUES (?, ?, ?, ?)", (state.name, state.status, next_poll, state_to_json(state)))
+    db.close()
+    store = SQLiteStore(path)
+    assert store.schema_version == 3
+    assert sorted(s.name for s in store.due(now)) == ["due", "never"]
+    assert sorted(s.name for s in store.due(now, force=True)) == ["due", "later", "never"]  # never gone, never throttled
+    later = {s.name: s for s in store.due(now + timedelta(hours=3))}
+    assert later["throttled"].retry_after == now + timedelta(hours=2)  # the blob is intact
+    assert store.configured_urls()["due"] == "http://x.example/"
     store.close()

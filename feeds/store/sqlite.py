@@ -115,6 +115,13 @@ MIGRATIONS: tuple[str, ...] = (
         ELSE (SELECT MIN(COALESCE(published, first_seen)) FROM stories WHERE exact_cluster_id = clusters.id) END;
     CREATE INDEX clusters_kind_time ON clusters(kind, first_time);
     """,
+    # 3: due selection is a query: what it needs sits in indexed columns beside the state blob
+    """
+    ALTER TABLE sources ADD COLUMN retry_after REAL;
+    ALTER TABLE sources ADD COLUMN configured_url TEXT;
+    UPDATE sources SET retry_after = json_extract(state, '$.retry_after.t'), configured_url = json_extract(state, '$.configured_url');
+    CREATE INDEX sources_due ON sources(next_poll) WHERE status != 'gone';
+    """,
 )
 
 
@@ -242,10 +249,43 @@ class SQLiteStore:
         rows = self._db.execute("SELECT state FROM sources").fetchall()
         return {s.name: s for s in (state_from_json(r["state"]) for r in rows)}
 
+    def due(self, now: datetime, *, force: bool = False) -> list[SourceState]:
+        """The stored states due at `now` (all but gone ones with `force`), never one inside a
+        Retry-After window: one indexed query, whatever the number of sources."""
+        at = to_epoch(now)
+        if force:
+            query = "SELECT state FROM sources WHERE status != 'gone' AND (retry_after IS NULL OR retry_after <= ?)"
+            rows = self._db.execute(query, (at,))
+        else:
+            query = (
+                "SELECT state FROM sources WHERE status != 'gone' AND (next_poll IS NULL OR next_poll <= ?) "
+                "AND (retry_after IS NULL OR retry_after <= ?)"
+            )
+            rows = self._db.execute(query, (at, at))
+        return [state_from_json(r["state"]) for r in rows]
+
+    def configured_urls(self) -> dict[str, str | None]:
+        """Each stored source's configured URL (no state is decoded)."""
+        return {r[0]: r[1] for r in self._db.execute("SELECT name, configured_url FROM sources")}
+
     def save_state(self, state: SourceState) -> None:
         """Save one source's state in its own transaction."""
+        self.save_states([state])
+
+    def save_states(self, states: Sequence[SourceState]) -> None:
+        """Save several sources' states in one transaction."""
         with self._write() as db:
-            _save_state(db, state)
+            db.executemany(_SAVE_STATE, [_state_row(s) for s in states])
+
+    def meta(self, key: str) -> str | None:
+        """A value the pipeline remembers in the store (e.g. which config it last synced)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Remember a value in the store."""
+        with self._write() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def story_counts(self) -> dict[str, int]:
         """How many stories each source has stored."""
@@ -327,11 +367,15 @@ class SQLiteStore:
             db.execute("INSERT OR REPLACE INTO outputs VALUES (?, ?, ?)", (name, digest, to_epoch(now)))
 
 
+_SAVE_STATE = "INSERT OR REPLACE INTO sources (name, status, next_poll, retry_after, configured_url, state) VALUES (?, ?, ?, ?, ?, ?)"
+
+
+def _state_row(state: SourceState) -> tuple[object, ...]:
+    return (state.name, state.status, to_epoch(state.next_poll), to_epoch(state.retry_after), state.configured_url, state_to_json(state))
+
+
 def _save_state(db: sqlite3.Connection, state: SourceState) -> None:
-    db.execute(
-        "INSERT OR REPLACE INTO sources (name, status, next_poll, state) VALUES (?, ?, ?, ?)",
-        (state.name, state.status, to_epoch(state.next_poll), state_to_json(state)),
-    )
+    db.execute(_SAVE_STATE, _state_row(state))
 
 
 def _content_columns(story: Story, fp: Fingerprint) -> dict[str, object]:
