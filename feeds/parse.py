@@ -197,6 +197,7 @@ def _parse_xml_feed(source: str, body: bytes, headers: Mapping[str, str], *, url
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
+            # Relative links stay resolved by feedparser: it honours xml:base, which a later pass cannot see.
             result = feedparser.parse(body, response_headers=response_headers, sanitize_html=False)
         except Exception as exc:  # a feedparser bug on an input nobody foresaw: this feed fails, cleanly
             raise ParseError(source, f"feedparser could not read it: {type(exc).__name__}: {_describe(exc)}") from exc

@@ -23,11 +23,17 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import html
+import json
+import os
 import random
+import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from array import array
 from datetime import UTC, datetime, timedelta
@@ -226,6 +232,341 @@ def bench_hostile() -> None:
         server.close()
 
 
+# -- cycle: a whole poll cycle against a local corpus, beside lemon24's reader -------------------
+
+LOREM = [
+    "council",
+    "harbour",
+    "budget",
+    "vote",
+    "residents",
+    "ferry",
+    "schedule",
+    "storm",
+    "warning",
+    "school",
+    "district",
+    "water",
+    "main",
+    "festival",
+    "parade",
+    "bridge",
+    "repair",
+    "library",
+    "hours",
+    "transit",
+    "fares",
+    "museum",
+    "exhibit",
+    "hospital",
+    "wing",
+    "market",
+    "prices",
+    "fishing",
+    "quota",
+    "wind",
+    "farm",
+    "housing",
+    "plan",
+    "road",
+    "closure",
+    "police",
+    "report",
+    "court",
+    "ruling",
+    "election",
+]
+
+
+class Corpus:
+    """Deterministic feeds: `sources` feeds of `entries` entries, RSS 2.0 and Atom alternating,
+    HTML summaries with entities and relative links; every 5th story is a wire story that three
+    outlets carry (new headline, boilerplate, a dateline), so dedupe does real work."""
+
+    def __init__(self, sources: int, entries: int, *, seed: int = 20261207) -> None:
+        self.sources, self.entries = sources, entries
+        self.rng = random.Random(seed)
+        self.version = [0] * sources  # bumped when a source changes
+        self.wire: dict[int, str] = {}
+
+    def text(self, key: int) -> str:
+        rng = random.Random(key)
+        return " ".join(rng.choice(LOREM) + (str(rng.randint(0, 99)) if rng.random() < 0.2 else "") for _ in range(90))
+
+    def story(self, source: int, n: int) -> tuple[str, str, str]:
+        """(id, title, html) of entry n of a source."""
+        if n % 5 == 0:  # a wire story: group g carried by sources g, g+1, g+2
+            group = (source // 3) * 1000 + n
+            body = self.text(group)
+            return (
+                f"s{source}-{n}",
+                f"Outlet {source} headline {n}: {body[:40]}",
+                f"<p>HARBOUR CITY &mdash; {body}</p><p>Read more at Outlet {source}.</p>",
+            )
+        body = self.text(source * 100_000 + n)
+        return (
+            f"s{source}-{n}",
+            f"Local story {n} of outlet {source}",
+            f'<p>{body} &amp; more.</p><p><a href="/more/{n}">More</a> <img src="img/{n}.jpg"></p>',
+        )
+
+    def expected_groups(self) -> int:
+        """How many multi-outlet clusters the corpus holds (wire stories of complete triples)."""
+        return (self.sources // 3) * len([n for n in range(self.entries) if n % 5 == 0])
+
+    def body(self, source: int) -> bytes:
+        first = self.version[source]
+        numbers = range(first, first + self.entries)
+        stamp = lambda n: datetime(2026, 11, 20, tzinfo=UTC) + timedelta(minutes=10 * n + source % 7)  # noqa: E731
+        if source % 2:
+            items = "".join(
+                f"<entry><id>urn:{i}</id><title>{html.escape(t)}</title><link href='https://o{source}.example/{i}'/>"
+                f"<updated>{stamp(n).strftime('%Y-%m-%dT%H:%M:%SZ')}</updated><summary type='html'>{html.escape(h)}</summary></entry>"
+                for n in numbers
+                for i, t, h in [self.story(source, n)]
+            )
+            return (
+                f"<?xml version='1.0' encoding='utf-8'?><feed xmlns='http://www.w3.org/2005/Atom'><title>Outlet {source}</title>"
+                f"<id>urn:outlet:{source}</id><updated>2026-11-20T00:00:00Z</updated><link href='https://o{source}.example/'/>{items}</feed>"
+            ).encode()
+        items = "".join(
+            f"<item><guid isPermaLink='false'>{i}</guid><title>{html.escape(t)}</title><link>https://o{source}.example/{i}</link>"
+            f"<pubDate>{stamp(n).strftime('%a, %d %b %Y %H:%M:%S GMT')}</pubDate><description>{html.escape(h)}</description></item>"
+            for n in numbers
+            for i, t, h in [self.story(source, n)]
+        )
+        return (
+            f"<?xml version='1.0' encoding='utf-8'?><rss version='2.0'><channel><title>Outlet {source}</title>"
+            f"<link>https://o{source}.example/</link><description>d</description>{items}</channel></rss>"
+        ).encode()
+
+
+class CorpusServer:
+    """Serves a Corpus on several loopback addresses (so per-host limits behave as on the
+    internet) with ETag, Last-Modified, 304 and keep-alive; `validators=False` makes every
+    answer a full 200 (the hash-skip case); `latency` models a network."""
+
+    def __init__(self, corpus: Corpus, *, hosts: int, latency: float) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.corpus, self.latency, self.validators = corpus, latency, True
+        self.cache: dict[int, tuple[bytes, str]] = {}
+        bench = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if bench.latency:
+                    time.sleep(bench.latency)
+                source = int(self.path.strip("/").split(".")[0][1:])
+                body, etag = bench.get(source)
+                if bench.validators and self.headers.get("If-None-Match") == etag:
+                    self.send_response(304)
+                    self.send_header("ETag", etag)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(body)))
+                if bench.validators:
+                    self.send_header("ETag", etag)
+                    self.send_header("Last-Modified", "Fri, 20 Nov 2026 00:00:00 GMT")
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.servers = [ThreadingHTTPServer((f"127.0.0.{2 + h}", 0), Handler) for h in range(hosts)]
+        for server in self.servers:
+            server.daemon_threads = True
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def get(self, source: int) -> tuple[bytes, str]:
+        cached = self.cache.get(source)
+        if cached is None or cached[1] != f'"{source}-{self.corpus.version[source]}"':
+            cached = (self.corpus.body(source), f'"{source}-{self.corpus.version[source]}"')
+            self.cache[source] = cached
+        return cached
+
+    def url(self, source: int) -> str:
+        server = self.servers[source % len(self.servers)]
+        host, port = server.server_address[:2]
+        return f"http://{host}:{port}/s{source}.xml"
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.shutdown()
+            server.server_close()
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants (the forkserver's workers included)."""
+    total, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            total += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
+            for task in os.listdir(f"/proc/{current}/task"):
+                pending.extend(int(c) for c in Path(f"/proc/{current}/task/{task}/children").read_text().split())
+        except (OSError, StopIteration, ValueError):
+            continue
+    return total / 1024
+
+
+def run_measured(command: list[str], *, cwd: Path) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS of the process tree in MB, stderr) of one command."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = 0.0
+    while process.poll() is None:
+        peak = max(peak, tree_rss_mb(process.pid))
+        time.sleep(0.05)
+    _, stderr = process.communicate()
+    return time.perf_counter() - started, peak, stderr
+
+
+READER_CHILD = r"""
+import sys
+from reader import make_reader
+db, urls, workers = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3])
+reader = make_reader(db)
+known = {f.url for f in reader.get_feeds()}
+for url in urls:
+    if url not in known:
+        reader.add_feed(url)
+reader.update_feeds(workers=workers)
+reader.close()
+"""
+
+
+def bench_cycle(sources: int, entries: int, *, hosts: int, latency_ms: float, repeat: int, with_reader: bool) -> None:
+    """Poll cycles of feeds (and of lemon24's reader) against one local corpus; print a table."""
+    corpus = Corpus(sources, entries)
+    server = CorpusServer(corpus, hosts=hosts, latency=latency_ms / 1000)
+    rows: dict[str, dict[str, list[float]]] = {}
+    sizes: dict[str, float] = {}
+    try:
+        for attempt in range(repeat):
+            work = Path(tempfile.mkdtemp(prefix="feeds-bench-"))
+            config = work / "feeds.yaml"
+            lines = ["storage: sqlite:///feeds.db", "publish_dir: public", "fetch: {workers: 8, per_host: 2}", "sources:"]
+            lines += [f"  - {{name: s{i}, url: '{server.url(i)}'}}" for i in range(sources)]
+            config.write_text("\n".join(lines) + "\n")
+            urls = ",".join(server.url(i) for i in range(sources))
+            corpus.version = [0] * sources
+            server.validators = True
+            plans = [
+                ("first full cycle", None),
+                ("no-change cycle (304)", None),
+                ("unchanged bodies, no validators", "novalidators"),
+                ("10% of sources changed", "change"),
+            ]
+            for label, setup in plans:
+                if setup == "novalidators":
+                    server.validators = False
+                elif setup == "change":
+                    server.validators = True
+                    for i in range(0, sources, 10):
+                        corpus.version[i] += 1
+                seconds, peak, stderr = run_measured([sys.executable, "-m", "feeds", "poll", "--force", "-q", "-c", str(config)], cwd=ROOT)
+                if "Traceback" in stderr:
+                    raise SystemExit(f"feeds failed during {label!r}:\n{stderr[-3000:]}")
+                row = rows.setdefault(label, {})
+                row.setdefault("feeds_s", []).append(seconds)
+                row.setdefault("feeds_mb", []).append(peak)
+                if with_reader:
+                    r_seconds, r_peak, r_err = run_measured(
+                        [sys.executable, "-c", READER_CHILD, str(work / "reader.db"), urls, "8"], cwd=ROOT
+                    )
+                    if "Traceback" in r_err:
+                        raise SystemExit(f"reader failed during {label!r}:\n{r_err[-3000:]}")
+                    row.setdefault("reader_s", []).append(r_seconds)
+                    row.setdefault("reader_mb", []).append(r_peak)
+                if attempt == 0 and label == "first full cycle":
+                    verify(work, corpus)
+                    stored = sqlite3.connect(work / "feeds.db").execute("SELECT COUNT(*) FROM stories").fetchone()[0]
+                    sizes["feeds"] = (work / "feeds.db").stat().st_size / max(stored, 1) / 1024
+                    if with_reader:
+                        sizes["reader"] = (work / "reader.db").stat().st_size / max(stored, 1) / 1024
+            shutil.rmtree(work, ignore_errors=True)
+    finally:
+        server.close()
+    print(f"\n{sources} sources x {entries} entries, {hosts} loopback hosts, latency {latency_ms:g} ms, median of {repeat}")
+    print(
+        f"{'cycle':<34} {'feeds s':>8} {'feeds/s':>8} {'entries/s':>10} {'peak MB':>8}"
+        + (f" {'reader s':>9} {'reader/s':>9} {'peak MB':>8} {'ratio':>6}" if with_reader else "")
+    )
+    for label, row in rows.items():
+        seconds = statistics.median(row["feeds_s"])
+        peak = statistics.median(row["feeds_mb"])
+        line = f"{label:<34} {seconds:>8.2f} {sources / seconds:>8.1f} {sources * entries / seconds:>10.0f} {peak:>8.0f}"
+        if with_reader:
+            r_seconds = statistics.median(row["reader_s"])
+            line += (
+                f" {r_seconds:>9.2f} {sources / r_seconds:>9.1f} {statistics.median(row['reader_mb']):>8.0f} {r_seconds / seconds:>5.2f}x"
+            )
+        print(line)
+    print("store size per story: " + ", ".join(f"{name} {kb:.1f} KB" for name, kb in sizes.items()))
+
+
+def verify(work: Path, corpus: Corpus) -> None:
+    """What was measured is what the corpus holds: every story stored, the syndication clustered."""
+    db = sqlite3.connect(work / "feeds.db")
+    stored = db.execute("SELECT COUNT(*) FROM stories").fetchone()[0]
+    groups = db.execute(
+        "SELECT COUNT(*) FROM (SELECT cluster_id FROM stories GROUP BY cluster_id HAVING COUNT(DISTINCT source) > 1)"
+    ).fetchone()[0]
+    db.close()
+    expected = corpus.sources * corpus.entries
+    problems = []
+    if stored != expected:
+        problems.append(f"stored {stored} stories, the corpus has {expected}")
+    if groups != corpus.expected_groups():
+        problems.append(f"{groups} multi-outlet clusters, the corpus has {corpus.expected_groups()}")
+    entries = len(json.loads((work / "public" / "all.json").read_bytes())["items"])
+    if entries != min(100, expected - 2 * corpus.expected_groups()):
+        problems.append(f"all.json has {entries} entries")
+    if problems:
+        raise SystemExit("verification failed: " + "; ".join(problems))
+    print(f"verified: {stored} stories, {groups} multi-outlet clusters, {entries} entries published")
+
+
+def bench_due(sizes: list[int]) -> None:
+    """A daemon tick's due selection with N configured sources, 1% of them due."""
+    from feeds.config import load_settings
+    from feeds.models import SourceState
+    from feeds.poll import due_sources
+
+    for size in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            config = Path(tmp) / "feeds.yaml"
+            config.write_text(
+                "storage: sqlite:///feeds.db\nsources:\n"
+                + "".join(f"  - {{name: s{i}, url: 'https://h{i % 500}.example/{i}'}}\n" for i in range(size))
+            )
+            settings = load_settings(config)
+            store = SQLiteStore(Path(tmp) / "feeds.db")
+            states = [
+                SourceState(
+                    name=s.name, url=s.url, configured_url=s.url, status="ok", next_poll=NOW + timedelta(minutes=-1 if i % 100 == 0 else 30)
+                )
+                for i, s in enumerate(settings.sources)
+            ]
+            store.save_states(states)
+            due_sources(settings, store, now=NOW)  # the first tick syncs the config
+            timings = []
+            for _ in range(7):
+                started = time.perf_counter()
+                due = due_sources(settings, store, now=NOW)
+                timings.append((time.perf_counter() - started) * 1000)
+            store.close()
+            print(f"due selection, {size} sources ({len(due)} due): {statistics.median(timings):.1f} ms (median of 7)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -237,11 +578,26 @@ def main() -> int:
     publish = verbs.add_parser("publish")
     publish.add_argument("--sizes", default="10000,100000,1000000")
     verbs.add_parser("hostile")
+    cycle = verbs.add_parser("cycle")
+    cycle.add_argument("--sources", type=int, default=1000)
+    cycle.add_argument("--entries", type=int, default=50)
+    cycle.add_argument("--hosts", type=int, default=8, help="loopback addresses serving the corpus (127.0.0.2, ...)")
+    cycle.add_argument("--latency-ms", type=float, default=0.0)
+    cycle.add_argument("--repeat", type=int, default=3)
+    cycle.add_argument("--no-reader", action="store_true", help="skip lemon24's reader (pip install -e '.[bench]')")
+    due = verbs.add_parser("due")
+    due.add_argument("--sizes", default="1000,100000")
     args = parser.parse_args()
     if args.verb == "dedupe":
         bench_dedupe([int(s) for s in args.sizes.split(",")], args.probes, rate=args.rate, batch=args.batch)
     elif args.verb == "publish":
         bench_publish([int(s) for s in args.sizes.split(",")])
+    elif args.verb == "cycle":
+        bench_cycle(
+            args.sources, args.entries, hosts=args.hosts, latency_ms=args.latency_ms, repeat=args.repeat, with_reader=not args.no_reader
+        )
+    elif args.verb == "due":
+        bench_due([int(s) for s in args.sizes.split(",")])
     else:
         bench_hostile()
     return 0
