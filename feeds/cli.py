@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -127,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int:
     if args.verb == "run":
         fetcher = _fetcher(settings)
-        runner = Isolated(timeout=settings.fetch.parse_timeout)
+        runner = Isolated(workers=os.cpu_count() or 1, timeout=settings.fetch.parse_timeout)
         announce = _announcer(settings, fetcher)
         subscriber = None
         if settings.websub.public_url and not args.no_serve:
@@ -156,7 +157,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int
         if _unknown_sources(settings, args.names):
             return USAGE
         fetcher = _fetcher(settings)
-        runner = Isolated(timeout=settings.fetch.parse_timeout)
+        runner = Isolated(workers=os.cpu_count() or 1, timeout=settings.fetch.parse_timeout)
         try:
             progress = _progress if sys.stderr.isatty() and not args.json else None
             outcomes = poll_due(

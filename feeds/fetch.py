@@ -28,7 +28,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from http.cookiejar import DefaultCookiePolicy
 from pathlib import Path
@@ -301,16 +301,30 @@ class Fetcher:
 
     def fetch_many(self, states: Iterable[SourceState]) -> Generator[tuple[SourceState, FetchResult]]:
         """Fetch several sources in parallel (bounded pool, per-host limit); yield as each completes.
-        Closing the generator early cancels the fetches that have not started."""
+        Fetches run at most a window ahead of the consumer (back-pressure: bodies do not pile up
+        while parsing lags). Closing the generator early cancels the fetches not yet started."""
         states = list(states)
         if not states:
             return
-        pool = ThreadPoolExecutor(max_workers=max(1, min(self.settings.workers, len(states))), thread_name_prefix="fetch")
+        workers = max(1, min(self.settings.workers, len(states)))
+        window = 4 * workers
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
+        pending = iter(states)
+        running: dict[Future[FetchResult], SourceState] = {}
         try:
-            futures: dict[Future[FetchResult], SourceState] = {pool.submit(self.fetch, s): s for s in states}
-            for future in as_completed(futures):
-                yield futures[future], future.result()
+            while True:
+                for state in pending:
+                    running[pool.submit(self.fetch, state)] = state
+                    if len(running) >= window:
+                        break
+                if not running:
+                    return
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield running.pop(future), future.result()
         finally:
+            for future in running:
+                future.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _read_file(self, url: str, started: float) -> FetchResult:

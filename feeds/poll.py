@@ -8,22 +8,24 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
 from feeds import policy
-from feeds.dedupe import LeadInfo, assign, better_lead, fingerprint
-from feeds.errors import ParseError, StoreError
+from feeds.dedupe import Fingerprint, LeadInfo, assign, better_lead
+from feeds.errors import StoreError
 from feeds.fetch import Fetcher
 from feeds.metrics import record_poll
-from feeds.models import FetchResult, OutcomeStatus, ParsedFeed, PollOutcome, Settings, Source, SourceState, Story
-from feeds.normalize import normalize_entries, stable_hash
-from feeds.parse import parse_feed
+from feeds.models import FetchResult, OutcomeStatus, PollOutcome, Settings, Source, SourceState, Story
+from feeds.normalize import stable_hash
+from feeds.prepare import Options, Prepared, prepare
 from feeds.store import PollTransaction, Store
 from feeds.workers import Inline, Runner, WorkerDiedError, WorkerTimeoutError
 
 log = logging.getLogger(__name__)
+STATE_BATCH = 200  # states of polls that stored nothing else, saved per transaction
 
 
 def sync_sources(settings: Settings, store: Store) -> None:
@@ -100,19 +102,46 @@ def _poll_cycle(
     progress: Callable[[int, int, PollOutcome], None] | None,
     runner: Runner,
 ) -> list[PollOutcome]:
+    """Fetch (threads) -> prepare (worker processes, several sources at once) -> store (this
+    thread, one short transaction per source). Fetches run only as far ahead as preparing keeps up."""
     plan = due_sources(settings, store, now=now, force=force, names=names)
-    sources = {state.name: source for source, state in plan}
+    sources = {state.name: (source, state) for source, state in plan}
+    fetched: dict[str, FetchResult] = {}
     outcomes: list[PollOutcome] = []
     results = fetcher.fetch_many(state for _, state in plan)
-    for state, result in results:
+    options = Options(settings.max_entries, settings.dedupe)
+    states_only: list[SourceState] = []  # polls that store nothing but a state: saved in batches
+
+    def done(outcome: PollOutcome) -> None:
+        outcomes.append(outcome)
+        if progress is not None:
+            progress(len(outcomes), len(plan), outcome)
+
+    def calls() -> Iterator[tuple[str, tuple[Any, ...]]]:
+        for state, result in results:
+            if stop is not None and stop.is_set():
+                results.close()  # fetches not started are cancelled: those sources stay due
+                return
+            source = sources[state.name][0]
+            if result.error is None and policy.body_changed(state, result):
+                fetched[state.name] = result
+                yield state.name, (source, state, result, options, now)
+                continue
+            # Nothing to parse (304, the same body, a failure): decided here, no worker needed.
+            prepared = prepare(source, state, result, options, now)
+            states_only.append(prepared.state)
+            done(_outcome(source, result, prepared, 0, 0))
+            if len(states_only) >= STATE_BATCH:
+                _save_states(store, states_only)
+
+    for name, prepared in runner.imap(prepare, calls()):
         if stop is not None and stop.is_set():
             # Sources not yet stored keep their state: they are due again on the next run.
             log.info("poll-abandoned done=%d left=%d reason=shutdown", len(outcomes), len(plan) - len(outcomes))
-            results.close()
             break
-        outcomes.append(process_result(settings, store, sources[state.name], state, result, now=now, runner=runner))
-        if progress is not None:
-            progress(len(outcomes), len(plan), outcomes[-1])
+        source, state = sources[name]
+        done(store_prepared(settings, store, source, state, fetched.pop(name), prepared=prepared, now=now))
+    _save_states(store, states_only)
     if any(o.new for o in outcomes):
         store.prune_index(before=now - settings.dedupe.window)
     return outcomes
@@ -128,72 +157,105 @@ def process_result(
     now: datetime,
     runner: Runner | None = None,
 ) -> PollOutcome:
-    """Everything after the fetch for one source; never raises. `runner` runs the parse (in a
-    worker process under a time limit, in the daemon)."""
+    """Prepare and store one fetched (or pushed) result; never raises. `runner` runs the
+    preparing (in a worker process under a time limit, in the daemon)."""
+    prepared: Prepared | Exception
     try:
-        outcome = _process(settings, store, source, state, result, now=now, runner=runner or Inline())
-        record_poll(outcome, result)
-        return outcome
+        prepared = (runner or Inline()).run(prepare, source, state, result, Options(settings.max_entries, settings.dedupe), now)
     except Exception as exc:
-        log.exception("poll-crashed source=%s", source.name)
+        prepared = exc
+    return store_prepared(settings, store, source, state, result, prepared=prepared, now=now)
+
+
+def store_prepared(
+    settings: Settings,
+    store: Store,
+    source: Source,
+    state: SourceState,
+    result: FetchResult,
+    *,
+    prepared: Prepared | Exception,
+    now: datetime,
+) -> PollOutcome:
+    """Store what preparing decided, in one transaction; a preparing that failed (a worker over
+    its time limit, a bug) fails the source alone. Never raises."""
+    try:
+        if isinstance(prepared, WorkerTimeoutError | WorkerDiedError):
+            prepared = _failed(state, result, source=source, now=now, message=f"parsing {prepared}")
+        elif isinstance(prepared, Exception):
+            raise prepared
+        return _store(settings, store, source, result, prepared, now=now)
+    except Exception as exc:
+        log.error("poll-crashed source=%s", source.name, exc_info=exc)
         message = f"internal error: {type(exc).__name__}: {exc}"
-        # Never the input that failed: its headers or body may be what crashed us.
-        bare = FetchResult(result.url, result.final_url, None, error=message)
-        failed = policy.next_state(state, bare, source=source, now=now, error=message)
         try:
-            store.save_state(failed)
+            store.save_state(_failed(state, result, source=source, now=now, message=message).state)
         except Exception:
             log.exception("state-not-saved source=%s", source.name)
         return PollOutcome(source.name, "failed", error=message)
 
 
-def _process(
-    settings: Settings, store: Store, source: Source, state: SourceState, result: FetchResult, *, now: datetime, runner: Runner
-) -> PollOutcome:
-    feed: ParsedFeed | None = None
-    error: str | None = None
-    if result.error is None and policy.body_changed(state, result):
-        try:
-            feed = runner.run(
-                parse_feed, source.name, result.body, dict(result.headers), url=result.final_url, max_entries=settings.max_entries
-            )
-        except ParseError as exc:
-            error = exc.message
-        except (WorkerTimeoutError, WorkerDiedError) as exc:
-            error = f"parsing {exc}"
-    stories: tuple[Story, ...] = ()
-    if feed is not None:
-        stories, dropped = normalize_entries(feed, source, base=result.final_url, now=now)
-        if dropped:
-            feed = replace(feed, warning=f"{feed.warning}; {dropped}" if feed.warning else dropped)
-    new_state = policy.next_state(state, result, source=source, now=now, feed=feed, error=error)
+def _failed(state: SourceState, result: FetchResult, *, source: Source, now: datetime, message: str) -> Prepared:
+    # Never the input that failed: its headers or body may be what crashed us.
+    bare = FetchResult(result.url, result.final_url, None, error=message)
+    return Prepared(policy.next_state(state, bare, source=source, now=now, error=message), parsed=False)
+
+
+def _save_states(store: Store, states: list[SourceState]) -> None:
+    """Save and clear a batch of states; a failure is logged, and those sources are polled again."""
+    if not states:
+        return
+    try:
+        store.save_states(states)
+    except Exception:
+        log.exception("states-not-saved count=%d", len(states))
+    states.clear()
+
+
+def _store(settings: Settings, store: Store, source: Source, result: FetchResult, prepared: Prepared, *, now: datetime) -> PollOutcome:
     with store.transaction() as tx:
-        new, updated = ingest(tx, source, stories, settings, now=now)
-        tx.save_state(new_state)
+        new, updated = ingest(tx, source, prepared.stories, prepared.fingerprints, settings, now=now)
+        tx.save_state(prepared.state)
+    return _outcome(source, result, prepared, new, updated)
+
+
+def _outcome(source: Source, result: FetchResult, prepared: Prepared, new: int, updated: int) -> PollOutcome:
+    """What one poll did, logged and counted."""
+    new_state = prepared.state
     if new_state.status in ("failing", "gone"):
         log.warning("poll-failed source=%s status=%s error=%s", source.name, new_state.status, new_state.error)
-        return PollOutcome(source.name, "gone" if new_state.status == "gone" else "failed", error=new_state.error)
-    if new_state.warning and feed is not None:
-        log.warning("poll-warning source=%s warning=%s", source.name, new_state.warning)
-    status: OutcomeStatus = "ok" if feed is not None else ("not_modified" if result.status == 304 else "unchanged")
-    log.info("polled source=%s status=%s new=%d updated=%d", source.name, status, new, updated)
-    return PollOutcome(source.name, status, new=new, updated=updated, warning=new_state.warning if feed else None)
+        outcome = PollOutcome(source.name, "gone" if new_state.status == "gone" else "failed", error=new_state.error)
+    else:
+        if new_state.warning and prepared.parsed:
+            log.warning("poll-warning source=%s warning=%s", source.name, new_state.warning)
+        status: OutcomeStatus = "ok" if prepared.parsed else ("not_modified" if result.status == 304 else "unchanged")
+        log.info("polled source=%s status=%s new=%d updated=%d", source.name, status, new, updated)
+        outcome = PollOutcome(source.name, status, new=new, updated=updated, warning=new_state.warning if prepared.parsed else None)
+    record_poll(outcome, result)
+    return outcome
 
 
-def ingest(tx: PollTransaction, source: Source, stories: Sequence[Story], settings: Settings, *, now: datetime) -> tuple[int, int]:
+def ingest(
+    tx: PollTransaction,
+    source: Source,
+    stories: Sequence[Story],
+    fingerprints: Sequence[Fingerprint],
+    settings: Settings,
+    *,
+    now: datetime,
+) -> tuple[int, int]:
     """Store a source's stories: new ones join or start clusters, edited ones change in place."""
     known = tx.known(source.name, [s.guid for s in stories])
     since = now - settings.dedupe.window
     priorities = {s.name: s.priority for s in settings.sources}
     new = updated = 0
-    for story in stories:
+    for story, fp in zip(stories, fingerprints, strict=True):
         hit = known.get(story.guid)
         if hit is not None:
             if hit.content_hash != story.content_hash:
-                tx.update_story(hit.id, story, fingerprint(story, settings.dedupe))
+                tx.update_story(hit.id, story, fp)
                 updated += 1
             continue
-        fp = fingerprint(story, settings.dedupe)
         decision = assign(fp, story, tx.candidates(fp, since=since), settings.dedupe)
         if decision.replaces is not None:
             # The same article of the same source under a new guid (GUID rotation): one story.

@@ -15,14 +15,16 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import threading
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+K = TypeVar("K")
 
 
 class WorkerTimeoutError(Exception):
@@ -34,9 +36,11 @@ class WorkerDiedError(Exception):
 
 
 class Runner(Protocol):
-    """Runs one call of a pure, picklable function; raises what it raised, or a worker error."""
+    """Runs calls of a pure, picklable function: one (`run` raises what it raised, or a worker
+    error), or a stream (`imap` yields each key with its result or its exception, as they finish)."""
 
     def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
+    def imap(self, fn: Callable[..., T], calls: Iterable[tuple[K, tuple[Any, ...]]]) -> Iterator[tuple[K, T | Exception]]: ...
     def close(self) -> None: ...
 
 
@@ -47,6 +51,14 @@ class Inline:
         """Call fn(*args, **kwargs)."""
         return fn(*args, **kwargs)
 
+    def imap(self, fn: Callable[..., T], calls: Iterable[tuple[K, tuple[Any, ...]]]) -> Iterator[tuple[K, T | Exception]]:
+        """fn(*args) for each (key, args), one after the other."""
+        for key, args in calls:
+            try:
+                yield key, fn(*args)
+            except Exception as exc:
+                yield key, exc
+
     def close(self) -> None:
         """Nothing to release."""
 
@@ -54,7 +66,7 @@ class Inline:
 class Isolated:
     """Runs calls in worker processes, each within `timeout` seconds; thread-safe."""
 
-    def __init__(self, *, workers: int = 1, timeout: float = 30.0, preload: tuple[str, ...] = ("feeds.parse",)) -> None:
+    def __init__(self, *, workers: int = 1, timeout: float = 30.0, preload: tuple[str, ...] = ("feeds.prepare",)) -> None:
         self.workers = max(1, workers)
         self.timeout = timeout
         self._context = multiprocessing.get_context("forkserver")
@@ -97,6 +109,61 @@ class Isolated:
                 if attempt == 2 or not replaced_by_another:
                     raise WorkerDiedError("the worker process died while parsing (out of memory, or a crash)") from exc
         raise AssertionError("unreachable")
+
+    def imap(self, fn: Callable[..., T], calls: Iterable[tuple[K, tuple[Any, ...]]]) -> Iterator[tuple[K, T | Exception]]:
+        """fn(*args) for each (key, args) in the workers, yielded as each finishes. `calls` is read
+        only as workers free up (back-pressure: a fetcher behind it is not run far ahead), so a
+        call starts when it is submitted and its time limit is real. A call over the limit yields
+        WorkerTimeoutError; the workers are then replaced and the calls they were running start
+        again. When a worker dies, every call it may have held runs again once; a call that was
+        running through two deaths yields WorkerDiedError."""
+        source = iter(calls)
+        running: dict[Future[T], tuple[K, tuple[Any, ...], float, int]] = {}
+        exhausted = False
+        while True:
+            while not exhausted and len(running) < self.workers:
+                nxt = next(source, None)
+                if nxt is None:
+                    exhausted = True
+                    break
+                key, args = nxt
+                running[self._executor().submit(fn, *args)] = (key, args, time.monotonic(), 1)
+            if not running:
+                return
+            first = min(started for _, _, started, _ in running.values())
+            done, _ = wait(running, timeout=max(0.0, first + self.timeout - time.monotonic()), return_when=FIRST_COMPLETED)
+            lost: list[tuple[K, tuple[Any, ...], int]] = []
+            for future in done:
+                key, args, _, attempt = running.pop(future)
+                try:
+                    yield key, future.result()
+                except BrokenProcessPool:
+                    lost.append((key, args, attempt))
+                except Exception as exc:
+                    yield key, exc
+            now = time.monotonic()
+            overdue = [f for f, (_, _, started, _) in running.items() if now - started >= self.timeout]
+            for future in overdue:
+                key, *_ = running.pop(future)
+                log.warning("worker-timeout limit=%ss action=replace-workers", self.timeout)
+                yield key, WorkerTimeoutError(f"took longer than {self.timeout:.0f}s (a hostile or broken feed?); abandoned")
+            if overdue or lost:
+                # The workers are killed (one may be stuck for good) and what they held starts again:
+                # after a death every call then running is a suspect; after an overrun, none is.
+                others = [(key, args, attempt) for key, args, _, attempt in running.values()]
+                suspects, innocent = (lost + others, []) if lost else ([], others)
+                running.clear()
+                with self._lock:
+                    pool = self._pool
+                if pool is not None:
+                    self._replace(pool)
+                for key, args, attempt in suspects:
+                    if attempt >= 2:
+                        yield key, WorkerDiedError("the worker process died while parsing (out of memory, or a crash)")
+                        continue
+                    running[self._executor().submit(fn, *args)] = (key, args, time.monotonic(), attempt + 1)
+                for key, args, attempt in innocent:
+                    running[self._executor().submit(fn, *args)] = (key, args, time.monotonic(), attempt)
 
     def close(self) -> None:
         """Stop the workers at once (they hold nothing but the call they may be stuck in)."""

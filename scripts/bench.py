@@ -351,6 +351,8 @@ class CorpusServer:
 
         self.corpus, self.latency, self.validators = corpus, latency, True
         self.cache: dict[int, tuple[bytes, str]] = {}
+        self.hits = 0  # requests answered (a client that skipped sources would show here)
+        self.lock = threading.Lock()
         bench = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -362,6 +364,8 @@ class CorpusServer:
             def do_GET(self) -> None:
                 if bench.latency:
                     time.sleep(bench.latency)
+                with bench.lock:
+                    bench.hits += 1
                 source = int(self.path.strip("/").split(".")[0][1:])
                 body, etag = bench.get(source)
                 if bench.validators and self.headers.get("If-None-Match") == etag:
@@ -438,7 +442,7 @@ known = {f.url for f in reader.get_feeds()}
 for url in urls:
     if url not in known:
         reader.add_feed(url)
-reader.update_feeds(workers=workers)
+reader.update_feeds(scheduled=False, workers=workers)  # every feed, as `feeds poll --force` does
 reader.close()
 """
 
@@ -472,18 +476,24 @@ def bench_cycle(sources: int, entries: int, *, hosts: int, latency_ms: float, re
                     server.validators = True
                     for i in range(0, sources, 10):
                         corpus.version[i] += 1
+                server.hits = 0
                 seconds, peak, stderr = run_measured([sys.executable, "-m", "feeds", "poll", "--force", "-q", "-c", str(config)], cwd=ROOT)
                 if "Traceback" in stderr:
                     raise SystemExit(f"feeds failed during {label!r}:\n{stderr[-3000:]}")
+                if server.hits != sources:
+                    raise SystemExit(f"feeds made {server.hits} requests for {sources} sources during {label!r}")
                 row = rows.setdefault(label, {})
                 row.setdefault("feeds_s", []).append(seconds)
                 row.setdefault("feeds_mb", []).append(peak)
                 if with_reader:
+                    server.hits = 0
                     r_seconds, r_peak, r_err = run_measured(
                         [sys.executable, "-c", READER_CHILD, str(work / "reader.db"), urls, "8"], cwd=ROOT
                     )
                     if "Traceback" in r_err:
                         raise SystemExit(f"reader failed during {label!r}:\n{r_err[-3000:]}")
+                    if server.hits != sources:
+                        raise SystemExit(f"reader made {server.hits} requests for {sources} sources during {label!r}")
                     row.setdefault("reader_s", []).append(r_seconds)
                     row.setdefault("reader_mb", []).append(r_peak)
                 if attempt == 0 and label == "first full cycle":
