@@ -407,13 +407,15 @@ class CorpusServer:
 
 
 def tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and all its descendants (the forkserver's workers included)."""
+    """Memory of a process and all its descendants (the forkserver's workers included), as the
+    sum of their proportional set sizes: pages that forked workers share are counted once, not
+    once per process as a sum of RSS would."""
     total, pending = 0, [pid]
     while pending:
         current = pending.pop()
         try:
-            status = Path(f"/proc/{current}/status").read_text()
-            total += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
+            rollup = Path(f"/proc/{current}/smaps_rollup").read_text()
+            total += next(int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:"))
             for task in os.listdir(f"/proc/{current}/task"):
                 pending.extend(int(c) for c in Path(f"/proc/{current}/task/{task}/children").read_text().split())
         except (OSError, StopIteration, ValueError):
@@ -422,7 +424,7 @@ def tree_rss_mb(pid: int) -> float:
 
 
 def run_measured(command: list[str], *, cwd: Path) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS of the process tree in MB, stderr) of one command."""
+    """(wall seconds, peak memory (PSS) of the process tree in MB, stderr) of one command."""
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak = 0.0
