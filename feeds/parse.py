@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 import feedparser
 
 from feeds.errors import ParseError
+from feeds.fastparse import parse_rss
 from feeds.models import Author, Enclosure, ParsedEntry, ParsedFeed
 from feeds.timeutil import from_struct, parse_rfc3339
 from feeds.untrusted import (
@@ -187,10 +188,14 @@ def fix_charrefs(body: bytes) -> bytes:
     return _CHARREF.sub(_charref, body) if b"&#" in body else body
 
 
-def _parse_xml_feed(source: str, body: bytes, headers: Mapping[str, str], *, url: str) -> ParsedFeed:
+def _parse_xml_feed(source: str, body: bytes, headers: Mapping[str, str], *, url: str, fast: bool = True) -> ParsedFeed:
     if not could_be_feed(body):
         _not_a_feed(source, body, url, "no RSS, Atom or JSON Feed found")
     body, neutralized = neutralize_entities(fix_charrefs(body))
+    if fast and not neutralized:
+        feed = parse_rss(body, dict(headers), url=url)
+        if feed is not None:
+            return feed
     response_headers = {"content-location": url, **{k.lower(): v for k, v in headers.items()}}
     response_headers.setdefault("content-type", "application/xml")
     # feedparser already cleans; we sanitize again with nh3 in normalize, after resolving links.

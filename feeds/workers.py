@@ -115,10 +115,10 @@ class Isolated:
         only as workers free up (back-pressure: a fetcher behind it is not run far ahead), so a
         call starts when it is submitted and its time limit is real. A call over the limit yields
         WorkerTimeoutError; the workers are then replaced and the calls they were running start
-        again. When a worker dies, every call it may have held runs again once; a call that was
-        running through two deaths yields WorkerDiedError."""
+        again. When a worker dies, each call then running runs again by itself, so the one that
+        kills a worker alone yields WorkerDiedError and the others their results."""
         source = iter(calls)
-        running: dict[Future[T], tuple[K, tuple[Any, ...], float, int]] = {}
+        running: dict[Future[T], tuple[K, tuple[Any, ...], float]] = {}  # key, args, started
         exhausted = False
         while True:
             while not exhausted and len(running) < self.workers:
@@ -127,43 +127,55 @@ class Isolated:
                     exhausted = True
                     break
                 key, args = nxt
-                running[self._executor().submit(fn, *args)] = (key, args, time.monotonic(), 1)
+                running[self._executor().submit(fn, *args)] = (key, args, time.monotonic())
             if not running:
                 return
-            first = min(started for _, _, started, _ in running.values())
+            first = min(started for _, _, started in running.values())
             done, _ = wait(running, timeout=max(0.0, first + self.timeout - time.monotonic()), return_when=FIRST_COMPLETED)
-            lost: list[tuple[K, tuple[Any, ...], int]] = []
+            lost: list[tuple[K, tuple[Any, ...]]] = []
             for future in done:
-                key, args, _, attempt = running.pop(future)
+                key, args, _ = running.pop(future)
                 try:
                     yield key, future.result()
                 except BrokenProcessPool:
-                    lost.append((key, args, attempt))
+                    lost.append((key, args))
                 except Exception as exc:
                     yield key, exc
             now = time.monotonic()
-            overdue = [f for f, (_, _, started, _) in running.items() if now - started >= self.timeout]
+            overdue = [f for f, (_, _, started) in running.items() if now - started >= self.timeout]
             for future in overdue:
-                key, *_ = running.pop(future)
+                key, _, _ = running.pop(future)
                 log.warning("worker-timeout limit=%ss action=replace-workers", self.timeout)
                 yield key, WorkerTimeoutError(f"took longer than {self.timeout:.0f}s (a hostile or broken feed?); abandoned")
             if overdue or lost:
                 # The workers are killed (one may be stuck for good) and what they held starts again:
-                # after a death every call then running is a suspect; after an overrun, none is.
-                others = [(key, args, attempt) for key, args, _, attempt in running.values()]
+                # after a death every call then running is a suspect, run by itself; after an
+                # overrun, none is.
+                others = [(key, args) for key, args, _ in running.values()]
                 suspects, innocent = (lost + others, []) if lost else ([], others)
                 running.clear()
                 with self._lock:
                     pool = self._pool
                 if pool is not None:
                     self._replace(pool)
-                for key, args, attempt in suspects:
-                    if attempt >= 2:
-                        yield key, WorkerDiedError("the worker process died while parsing (out of memory, or a crash)")
-                        continue
-                    running[self._executor().submit(fn, *args)] = (key, args, time.monotonic(), attempt + 1)
-                for key, args, attempt in innocent:
-                    running[self._executor().submit(fn, *args)] = (key, args, time.monotonic(), attempt)
+                for key, args in suspects:
+                    yield key, self._alone(fn, args)
+                for key, args in innocent:
+                    running[self._executor().submit(fn, *args)] = (key, args, time.monotonic())
+
+    def _alone(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T | Exception:
+        """Run a call suspected of killing a worker by itself, so only the culprit fails."""
+        pool = self._executor()
+        try:
+            return pool.submit(fn, *args).result(timeout=self.timeout)
+        except FutureTimeout:
+            self._replace(pool)
+            return WorkerTimeoutError(f"took longer than {self.timeout:.0f}s (a hostile or broken feed?); abandoned")
+        except BrokenProcessPool:
+            self._replace(pool)
+            return WorkerDiedError("the worker process died while parsing (out of memory, or a crash)")
+        except Exception as exc:
+            return exc
 
     def close(self) -> None:
         """Stop the workers at once (they hold nothing but the call they may be stuck in)."""

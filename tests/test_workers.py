@@ -40,7 +40,7 @@ def test_a_dying_call_fails_alone_and_errors_cross_back_whole() -> None:
     calls = [(i, ("die" if i == 2 else "raise" if i == 5 else "ok", i)) for i in range(7)]
     try:
         results = dict(runner.imap(behave, iter(calls)))
-        assert isinstance(results[2], WorkerDiedError)  # retried once, died again
+        assert isinstance(results[2], WorkerDiedError)  # run again by itself, it died again: the culprit
         assert isinstance(results[5], ParseError) and results[5].source == "s5" and results[5].message == "not a feed: broken"
         assert {k: v for k, v in results.items() if k not in (2, 5)} == {i: i * 2 for i in range(7) if i not in (2, 5)}
     finally:
