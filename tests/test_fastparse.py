@@ -8,10 +8,10 @@ import random
 import sys
 from email.utils import format_datetime
 from html import escape
-from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from feeds.fastparse import parse_rss
 from feeds.models import ParsedFeed, Source
@@ -20,8 +20,8 @@ from feeds.parse import _parse_xml_feed, parse_feed
 from tests.conftest import DATA, NOW, ROOT, rss, story_item
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from bench import Corpus  # noqa: E402
-from dedup_eval import feed_xml  # noqa: E402
+from bench import Corpus
+from dedup_eval import feed_xml
 
 URL = "http://feeds.test/dir/feed.xml"
 SOURCE = Source("s", URL)
@@ -83,7 +83,9 @@ def test_what_the_fast_path_is_not_sure_of_goes_to_feedparser() -> None:
 # Well-formed HTML: on broken markup the two paths' HTML parsers may guess differently (both
 # results are sanitized the same way afterwards), so equivalence is asked of well-formed HTML only.
 HTML = st.lists(
-    st.sampled_from(["<p>Text &amp; more</p>", "<a href='/x'>l</a>", "<b>bold</b>", "<img src='i.png'>", "plain", " &lt;tag&gt; ", "<br>", "é—"]),
+    st.sampled_from(
+        ["<p>Text &amp; more</p>", "<a href='/x'>l</a>", "<b>bold</b>", "<img src='i.png'>", "plain", " &lt;tag&gt; ", "<br>", "é—"]
+    ),
     max_size=6,
 ).map("".join)
 PIECES = [*"abc XYZ<>&;\"'/=#?é—", "&amp;", "&lt;b&gt;", "<b>", "</b>", "&#233;", " <a href='/x'>l</a> "]
@@ -98,9 +100,13 @@ def rss_items(draw: st.DrawFn) -> bytes:
         if draw(st.booleans()):
             item["title"] = escape(draw(TEXT), quote=False)
         if draw(st.booleans()):
-            item["link"] = draw(st.sampled_from(["https://a.example/1", "/relative/2", "https://a.example/p?q=1&amp;utm_source=x", " https://a.example/3 "]))
+            item["link"] = draw(
+                st.sampled_from(["https://a.example/1", "/relative/2", "https://a.example/p?q=1&amp;utm_source=x", " https://a.example/3 "])
+            )
         if draw(st.booleans()):
-            item["description"] = draw(st.sampled_from(["", "<![CDATA[<p>Hi <a href='/x'>there</a></p>]]>", escape(draw(HTML), quote=False)]))
+            item["description"] = draw(
+                st.sampled_from(["", "<![CDATA[<p>Hi <a href='/x'>there</a></p>]]>", escape(draw(HTML), quote=False)])
+            )
         if draw(st.booleans()):
             item["pubDate"] = format_datetime(NOW.replace(hour=draw(st.integers(0, 23))), usegmt=draw(st.booleans()))
         if draw(st.booleans()):
@@ -108,7 +114,7 @@ def rss_items(draw: st.DrawFn) -> bytes:
         body = "".join(f"<{k}>{v}</{k}>" for k, v in item.items())
         if draw(st.booleans()):
             permalink = draw(st.sampled_from(["", ' isPermaLink="false"', ' isPermaLink="true"', ' isPermaLink="True"']))
-            body += f"<guid{permalink}>{draw(st.sampled_from(['g1', 'https://a.example/g', ' g2 '])) }{n}</guid>"
+            body += f"<guid{permalink}>{draw(st.sampled_from(['g1', 'https://a.example/g', ' g2 ']))}{n}</guid>"
         if draw(st.booleans()):
             body += '<enclosure url="https://a.example/a.mp3" length="12" type="audio/mpeg"/>'
         if draw(st.booleans()):
