@@ -26,6 +26,7 @@ from feeds.workers import Inline, Runner, WorkerDiedError, WorkerTimeoutError
 
 log = logging.getLogger(__name__)
 STATE_BATCH = 200  # states of polls that stored nothing else, saved per transaction
+STORY_BATCH = 25  # sources whose new stories are stored per transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +130,8 @@ def _poll_cycle(
     runner: Runner,
 ) -> list[PollOutcome]:
     """Fetch (threads) -> prepare (worker processes, several sources at once) -> store (this
-    thread, one short transaction per source). Fetches run only as far ahead as preparing keeps up."""
+    thread, up to STORY_BATCH sources per transaction). Fetches run only as far ahead as
+    preparing keeps up."""
     plan = due_sources(settings, store, now=now, force=force, names=names)
     sources = {state.name: (source, state) for source, state in plan}
     fetched: dict[str, FetchResult] = {}
@@ -137,6 +139,7 @@ def _poll_cycle(
     results = fetcher.fetch_many(state for _, state in plan)
     options = Options(settings.max_entries, settings.dedupe)
     states_only: list[SourceState] = []  # polls that store nothing but a state: saved in batches
+    batch: list[tuple[Source, SourceState, FetchResult, Prepared]] = []  # prepared, not yet stored
 
     def done(outcome: PollOutcome) -> None:
         outcomes.append(outcome)
@@ -160,13 +163,24 @@ def _poll_cycle(
             if len(states_only) >= STATE_BATCH:
                 _save_states(store, states_only)
 
+    def store_batch() -> None:
+        for outcome in _store_batch(settings, store, batch, now=now):
+            done(outcome)
+        batch.clear()
+
     for name, prepared in runner.imap(prepare, calls()):
         if stop is not None and stop.is_set():
             # Sources not yet stored keep their state: they are due again on the next run.
-            log.info("poll-abandoned done=%d left=%d reason=shutdown", len(outcomes), len(plan) - len(outcomes))
+            log.info("poll-abandoned done=%d left=%d reason=shutdown", len(outcomes) + len(batch), len(plan) - len(outcomes))
             break
         source, state = sources[name]
-        done(store_prepared(settings, store, source, state, fetched.pop(name), prepared=prepared, now=now))
+        if isinstance(prepared, Prepared):
+            batch.append((source, state, fetched.pop(name), prepared))
+            if len(batch) >= STORY_BATCH:
+                store_batch()
+        else:
+            done(store_prepared(settings, store, source, state, fetched.pop(name), prepared=prepared, now=now))
+    store_batch()
     _save_states(store, states_only)
     if any(o.new for o in outcomes):
         store.prune_index(before=now - settings.dedupe.window)
@@ -225,6 +239,31 @@ def _failed(state: SourceState, result: FetchResult, *, source: Source, now: dat
     # Never the input that failed: its headers or body may be what crashed us.
     bare = FetchResult(result.url, result.final_url, None, error=message)
     return Prepared(policy.next_state(state, bare, source=source, now=now, error=message), parsed=False)
+
+
+def _store_batch(
+    settings: Settings, store: Store, batch: Sequence[tuple[Source, SourceState, FetchResult, Prepared]], *, now: datetime
+) -> list[PollOutcome]:
+    """Store several sources' prepared polls in one transaction: the band index's random inserts
+    dirty the same pages for many sources, so one commit writes a fraction of what one commit per
+    source did. If the batch fails, each source is stored on its own, so one bad source costs
+    only itself."""
+    if not batch:
+        return []
+    try:
+        with store.transaction() as tx:
+            counts = [ingest(tx, source, prepared.stories, prepared.fingerprints, settings, now=now) for source, _, _, prepared in batch]
+            for _, _, _, prepared in batch:
+                tx.save_state(prepared.state)
+    except Exception:
+        log.exception("batch-not-stored sources=%d action=one-by-one", len(batch))
+        return [
+            store_prepared(settings, store, source, state, result, prepared=prepared, now=now) for source, state, result, prepared in batch
+        ]
+    return [
+        _outcome(source, result, prepared, new, updated)
+        for (source, _, result, prepared), (new, updated) in zip(batch, counts, strict=True)
+    ]
 
 
 def _save_states(store: Store, states: list[SourceState]) -> None:
