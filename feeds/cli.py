@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int:
     if args.verb == "run":
         fetcher = _fetcher(settings)
-        runner = Isolated(workers=os.cpu_count() or 1, timeout=settings.fetch.parse_timeout)
+        runner = _runner(settings)
         announce = _announcer(settings, fetcher)
         subscriber = None
         if settings.websub.public_url and not args.no_serve:
@@ -157,7 +157,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int
         if _unknown_sources(settings, args.names):
             return USAGE
         fetcher = _fetcher(settings)
-        runner = Isolated(workers=os.cpu_count() or 1, timeout=settings.fetch.parse_timeout)
+        runner = _runner(settings)
         try:
             progress = _progress if sys.stderr.isatty() and not args.json else None
             outcomes = poll_due(
@@ -214,6 +214,13 @@ def _unknown_sources(settings: Settings, names: Sequence[str]) -> bool:
     if unknown:
         _print(f"feeds: no source named {', '.join(unknown)} in {settings.path}", file=sys.stderr)
     return bool(unknown)
+
+
+def _runner(settings: Settings) -> Isolated:
+    """Worker processes for parsing: `fetch.parse_workers`, or one per core, at most 4 (each
+    holds feedparser, lxml and numpy in memory)."""
+    workers = settings.fetch.parse_workers or min(os.cpu_count() or 1, 4)
+    return Isolated(workers=workers, timeout=settings.fetch.parse_timeout)
 
 
 def _fetcher(settings: Settings) -> Fetcher:

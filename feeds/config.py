@@ -101,6 +101,7 @@ class _Fetch(_Model):
     per_host: Annotated[int, Field(ge=1, le=16)] = _default(FetchSettings, "per_host")
     user_agent: str | None = _default(FetchSettings, "user_agent")
     parse_timeout: Annotated[float, Field(gt=0, le=3600)] = _default(FetchSettings, "parse_timeout")
+    parse_workers: Annotated[int, Field(ge=0, le=64)] = _default(FetchSettings, "parse_workers")
     max_entries: Annotated[int, Field(ge=1, le=100_000)] = _default(Settings, "max_entries")
 
 

@@ -220,6 +220,7 @@ class FetchSettings:
     per_host: int = 2
     user_agent: str | None = None
     parse_timeout: float = 60.0  # seconds one body may take to parse (in a worker process) before it is abandoned
+    parse_workers: int = 0  # worker processes that parse; 0: one per core, at most 4
 
 
 @dataclass(frozen=True, slots=True)
