@@ -157,7 +157,11 @@ def _poll_cycle(
                 yield state.name, (source, state, result, options, now)
                 continue
             # Nothing to parse (304, the same body, a failure): decided here, no worker needed.
-            prepared = prepare(source, state, result, options, now)
+            try:
+                prepared = prepare(source, state, result, options, now)
+            except Exception as exc:  # a bug must cost this source alone, never the cycle
+                done(store_prepared(settings, store, source, state, result, prepared=exc, now=now))
+                continue
             states_only.append(prepared.state)
             done(_outcome(source, result, prepared, 0, 0))
             if len(states_only) >= STATE_BATCH:
