@@ -29,7 +29,7 @@ from feeds.metrics import StoreCollector, exposition
 from feeds.models import PollOutcome, Settings, SourceState
 from feeds.policy import initial_state, reconcile
 from feeds.poll import poll_due
-from feeds.publish import publish_all
+from feeds.publish import missing_outputs, publish_all
 from feeds.scheduler import Daemon, utc_now
 from feeds.server import HealthCheck, create_app, make_server
 from feeds.store import STORE_MARKER, Store, open_store
@@ -275,7 +275,7 @@ def _serve(args: argparse.Namespace, settings: Settings, *, health: HealthCheck,
 
 
 def _files_health(settings: Settings) -> tuple[bool, dict[str, Any]]:
-    missing = [o.name for o in settings.outputs if not (settings.publish_dir / f"{o.name}.atom").is_file()]
+    missing = missing_outputs(settings)
     return not missing, {"publish_dir": str(settings.publish_dir), "missing_outputs": missing}
 
 

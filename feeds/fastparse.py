@@ -129,10 +129,8 @@ def _channel(channel: Any, url: str) -> ParsedFeed:
         elif tag == f"{ATOM}link":
             rel, href = child.get("rel"), child.get("href")
             if rel in ("hub", "self") and href:
-                feed.setdefault("hub" if rel == "hub" else "self_url", None)
                 key = "hub" if rel == "hub" else "self_url"
-                if feed[key] is None:
-                    feed[key] = web_url(href, base=url)
+                feed[key] = feed[key] or web_url(href, base=url)  # the first one counts, as in feedparser's reading
             elif rel not in ("alternate", None):
                 raise _DeclineError
         elif tag not in _CHANNEL_IGNORED:

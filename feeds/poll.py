@@ -228,7 +228,8 @@ def store_prepared(
             prepared = _failed(state, result, source=source, now=now, message=f"parsing {prepared}")
         elif isinstance(prepared, Exception):
             raise prepared
-        return _store(settings, store, source, result, prepared, now=now)
+        (new, updated), *_ = _write(settings, store, [(source, prepared)], now=now)
+        return _outcome(source, result, prepared, new, updated)
     except Exception as exc:
         log.error("poll-crashed source=%s", source.name, exc_info=exc)
         message = f"internal error: {type(exc).__name__}: {exc}"
@@ -255,10 +256,7 @@ def _store_batch(
     if not batch:
         return []
     try:
-        with store.transaction() as tx:
-            counts = [ingest(tx, source, prepared.stories, prepared.fingerprints, settings, now=now) for source, _, _, prepared in batch]
-            for _, _, _, prepared in batch:
-                tx.save_state(prepared.state)
+        counts = _write(settings, store, [(source, prepared) for source, _, _, prepared in batch], now=now)
     except Exception:
         log.exception("batch-not-stored sources=%d action=one-by-one", len(batch))
         return [
@@ -281,11 +279,13 @@ def _save_states(store: Store, states: list[SourceState]) -> None:
     states.clear()
 
 
-def _store(settings: Settings, store: Store, source: Source, result: FetchResult, prepared: Prepared, *, now: datetime) -> PollOutcome:
+def _write(settings: Settings, store: Store, polls: Sequence[tuple[Source, Prepared]], *, now: datetime) -> list[tuple[int, int]]:
+    """Ingest the polls' stories and save their states in one transaction; (new, updated) each."""
     with store.transaction() as tx:
-        new, updated = ingest(tx, source, prepared.stories, prepared.fingerprints, settings, now=now)
-        tx.save_state(prepared.state)
-    return _outcome(source, result, prepared, new, updated)
+        counts = [ingest(tx, source, prepared.stories, prepared.fingerprints, settings, now=now) for source, prepared in polls]
+        for _, prepared in polls:
+            tx.save_state(prepared.state)
+    return counts
 
 
 def _outcome(source: Source, result: FetchResult, prepared: Prepared, new: int, updated: int) -> PollOutcome:

@@ -39,7 +39,7 @@ class Runner(Protocol):
     """Runs calls of a pure, picklable function: one (`run` raises what it raised, or a worker
     error), or a stream (`imap` yields each key with its result or its exception, as they finish)."""
 
-    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
+    def run(self, fn: Callable[..., T], *args: Any) -> T: ...
     def imap(self, fn: Callable[..., T], calls: Iterable[tuple[K, tuple[Any, ...]]]) -> Iterator[tuple[K, T | Exception]]: ...
     def close(self) -> None: ...
 
@@ -47,9 +47,9 @@ class Runner(Protocol):
 class Inline:
     """Runs calls in the calling thread: no isolation, no limit."""
 
-    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Call fn(*args, **kwargs)."""
-        return fn(*args, **kwargs)
+    def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Call fn(*args)."""
+        return fn(*args)
 
     def imap(self, fn: Callable[..., T], calls: Iterable[tuple[K, tuple[Any, ...]]]) -> Iterator[tuple[K, T | Exception]]:
         """fn(*args) for each (key, args), one after the other."""
@@ -90,25 +90,13 @@ class Isolated:
             process.kill()
         broken.shutdown(wait=False, cancel_futures=True)
 
-    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """fn(*args, **kwargs) in a worker; WorkerTimeoutError after `timeout` s, WorkerDiedError
-        if the worker dies. A call lost because another call's overrun replaced the workers is
-        run again once."""
-        for attempt in (1, 2):
-            pool = self._executor()
-            try:
-                future = pool.submit(fn, *args, **kwargs)
-                return future.result(timeout=self.timeout)
-            except FutureTimeout:
-                log.warning("worker-timeout limit=%ss action=replace-workers", self.timeout)
-                self._replace(pool)
-                raise WorkerTimeoutError(f"took longer than {self.timeout:.0f}s (a hostile or broken feed?); abandoned") from None
-            except (BrokenProcessPool, RuntimeError) as exc:
-                replaced_by_another = self._pool is not pool
-                self._replace(pool)
-                if attempt == 2 or not replaced_by_another:
-                    raise WorkerDiedError("the worker process died while parsing (out of memory, or a crash)") from exc
-        raise AssertionError("unreachable")
+    def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(*args) in a worker; WorkerTimeoutError after `timeout` s, WorkerDiedError if the
+        worker dies, or what fn raised."""
+        outcome = self._call(fn, args)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
     def imap(self, fn: Callable[..., T], calls: Iterable[tuple[K, tuple[Any, ...]]]) -> Iterator[tuple[K, T | Exception]]:
         """fn(*args) for each (key, args) in the workers, yielded as each finishes. `calls` is read
@@ -159,23 +147,29 @@ class Isolated:
                 if pool is not None:
                     self._replace(pool)
                 for key, args in suspects:
-                    yield key, self._alone(fn, args)
+                    yield key, self._call(fn, args)
                 for key, args in innocent:
                     running[self._executor().submit(fn, *args)] = (key, args, time.monotonic())
 
-    def _alone(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T | Exception:
-        """Run a call suspected of killing a worker by itself, so only the culprit fails."""
-        pool = self._executor()
-        try:
-            return pool.submit(fn, *args).result(timeout=self.timeout)
-        except FutureTimeout:
-            self._replace(pool)
-            return WorkerTimeoutError(f"took longer than {self.timeout:.0f}s (a hostile or broken feed?); abandoned")
-        except BrokenProcessPool:
-            self._replace(pool)
-            return WorkerDiedError("the worker process died while parsing (out of memory, or a crash)")
-        except Exception as exc:
-            return exc
+    def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T | Exception:
+        """One call by itself: its result, or its exception. A call lost because another thread
+        replaced the workers (its call overran) runs again once; one that kills a worker fails."""
+        for attempt in (1, 2):
+            pool = self._executor()
+            try:
+                return pool.submit(fn, *args).result(timeout=self.timeout)
+            except FutureTimeout:
+                log.warning("worker-timeout limit=%ss action=replace-workers", self.timeout)
+                self._replace(pool)
+                return WorkerTimeoutError(f"took longer than {self.timeout:.0f}s (a hostile or broken feed?); abandoned")
+            except (BrokenProcessPool, RuntimeError):
+                replaced_by_another = self._pool is not pool
+                self._replace(pool)
+                if attempt == 2 or not replaced_by_another:
+                    return WorkerDiedError("the worker process died while parsing (out of memory, or a crash)")
+            except Exception as exc:
+                return exc
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         """Stop the workers at once (they hold nothing but the call they may be stuck in)."""
