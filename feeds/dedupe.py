@@ -16,14 +16,29 @@ import html
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import Literal
 from urllib.parse import urlsplit
 
 import numpy as np
 
-from feeds.models import DedupeSettings, Story
+from feeds.models import (
+    Candidate,
+    Decision,
+    DedupeSettings,
+    Fingerprint,
+    Found,
+    LeadInfo,
+    NewCluster,
+    NewStory,
+    Plan,
+    Probe,
+    Stamps,
+    Story,
+    StoryEdit,
+)
+from feeds.normalize import stable_hash
 
 SCHEME_VERSION = 1
 PERMUTATIONS = 128
@@ -74,45 +89,6 @@ _DATELINE = re.compile(
     re.IGNORECASE,
 )
 _WORD = re.compile(r"\w+(?:['’.-]\w+)*", re.UNICODE)
-
-
-@dataclass(frozen=True, slots=True)
-class Fingerprint:
-    """What the index keeps of a story: exact keys, band keys and the shingle set for verification."""
-
-    story_id: str
-    keys: tuple[str, ...]
-    bands: tuple[int, ...]
-    shingles: tuple[int, ...]  # sorted unique 32-bit shingle hashes
-    words: int
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """A stored story that shares a key or a band with a new one."""
-
-    story_id: str
-    source: str
-    title: str
-    cluster_id: int
-    exact_cluster_id: int
-    keys: tuple[str, ...]
-    shingles: tuple[int, ...]
-    words: int
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """Where a new story goes, and why (shown by `feeds clusters explain`)."""
-
-    kind: Literal["new", "exact", "near"]
-    cluster_id: int | None = None  # None: start a new near cluster
-    exact_cluster_id: int | None = None  # None: start a new exact cluster
-    matched: str | None = None  # the story that decided it
-    reason: str = "no similar story in the window"
-    jaccard: float = 0.0
-    containment: float = 0.0
-    replaces: str | None = None  # same source, same article under a new guid (GUID rotation)
 
 
 def paragraphs(fragment: str | None) -> list[str]:
@@ -274,16 +250,6 @@ def assign(fp: Fingerprint, story: Story, candidates: Sequence[Candidate], setti
     return Decision(kind="new")
 
 
-@dataclass(frozen=True, slots=True)
-class LeadInfo:
-    """What the lead election needs to know of a cluster member."""
-
-    story_id: str
-    source: str
-    words: int
-    when: datetime
-
-
 def better_lead(current: LeadInfo, newcomer: LeadInfo, priorities: Mapping[str, int]) -> bool:
     """True when a newcomer is clearly better than the current lead.
 
@@ -298,3 +264,161 @@ def better_lead(current: LeadInfo, newcomer: LeadInfo, priorities: Mapping[str, 
     if newcomer.words * 1.5 <= current.words:
         return False
     return (current.when - newcomer.when).total_seconds() >= 600
+
+
+PRUNE_EVERY = timedelta(hours=1)  # of dedupe-window movement between two prunes of the band index
+
+
+def prune_due(last: datetime | None, horizon: datetime) -> bool:
+    """Whether to prune the band index up to `horizon` now: pruning scans the band table, so it
+    runs at most once per PRUNE_EVERY of window movement, not after every poll."""
+    return last is None or horizon - last >= PRUNE_EVERY
+
+
+def atom_id(kind: str, story_id: str) -> str:
+    """The Atom id of a cluster started by `story_id`: minted once, kept when the lead changes."""
+    return "urn:feeds:" + stable_hash(kind, story_id, size=16)
+
+
+def probe(polls: Sequence[tuple[Sequence[Story], Sequence[Fingerprint]]], *, since: datetime) -> Probe:
+    """What a batch of polls asks the store: its guids, and the keys and bands of its stories."""
+    fps = [fp for _, fingerprints in polls for fp in fingerprints]
+    return Probe(
+        guids=tuple((s.source, s.guid) for stories, _ in polls for s in stories),
+        keys=tuple(sorted({k for fp in fps for k in fp.keys})),
+        bands=tuple(sorted({b for fp in fps for b in fp.bands})),
+        since=since,
+    )
+
+
+def plan(
+    polls: Sequence[tuple[Sequence[Story], Sequence[Fingerprint]]],
+    found: Found,
+    settings: DedupeSettings,
+    priorities: Mapping[str, int],
+) -> Plan:
+    """Decide, in one pure pass, everything a batch of polls changes: which stories are new and
+    which cluster each joins (copies inside the batch included: a story matches those planned
+    before it), which stored stories were edited and their stamps, new clusters and their Atom
+    ids, leads and cluster times. `found` is the store's answer to `probe(polls)`."""
+    planner = _Planner(found, settings, priorities)
+    counts = tuple(planner.poll(stories, fingerprints) for stories, fingerprints in polls)
+    return planner.result(counts)
+
+
+class _Planner:
+    """The state of one plan: the stored index as found, plus what the batch added so far."""
+
+    def __init__(self, found: Found, settings: DedupeSettings, priorities: Mapping[str, int]) -> None:
+        self.found, self.settings, self.priorities = found, settings, priorities
+        self.by_key: dict[str, list[str]] = {}
+        self.by_band: dict[int, list[str]] = {}
+        self.planned: dict[str, Candidate] = {}
+        self.inserts: dict[str, NewStory] = {}
+        self.edits: dict[str, StoryEdit] = {}
+        self.guids: list[tuple[str, str, str]] = []
+        self.leads: dict[int, LeadInfo] = dict(found.leads)
+        self.first_times: dict[int, datetime] = {}
+        self.started: dict[int, tuple[Literal["near", "exact"], str, datetime]] = {}
+
+    def poll(self, stories: Sequence[Story], fingerprints: Sequence[Fingerprint]) -> tuple[int, int]:
+        new = updated = 0
+        for story, fp in zip(stories, fingerprints, strict=True):
+            stored = self.found.known.get((story.source, story.guid))
+            if stored is not None:
+                if self._stamps(stored).content_hash != story.content_hash:
+                    self._edit(stored, story, fp)
+                    updated += 1
+                continue
+            if story.id in self.inserts:
+                continue  # the same entry twice in one batch
+            decision = assign(fp, story, self._candidates(fp), self.settings)
+            if decision.replaces is not None:
+                # The same article of the same source under a new guid (GUID rotation): one story.
+                self._edit(decision.replaces, story, fp)
+                self.guids.append((story.source, story.guid, decision.replaces))
+                continue
+            self._insert(story, fp, decision)
+            new += 1
+        return new, updated
+
+    def _stamps(self, story_id: str) -> Stamps:
+        pending = self.inserts.get(story_id)
+        edited = self.edits.get(story_id)
+        latest = pending.story if pending else edited.story if edited else None
+        if latest is not None:
+            return Stamps(latest.first_seen, latest.published, latest.updated, latest.content_hash)
+        return self.found.stamps[story_id]
+
+    def _edit(self, story_id: str, story: Story, fp: Fingerprint) -> None:
+        """A story changed in place: a story without a date of its own keeps the one it was first
+        given; an edit without an updated stamp of its own is stamped when we saw it."""
+        old = self._stamps(story_id)
+        edited = old.content_hash != story.content_hash
+        text = replace(
+            story,
+            id=story_id,
+            first_seen=old.first_seen,
+            published=story.published or old.published,
+            updated=story.updated or (story.first_seen if edited else old.updated),
+        )
+        fp = replace(fp, story_id=story_id)
+        pending = self.inserts.get(story_id)
+        if pending is not None:
+            self.inserts[story_id] = replace(pending, story=text, fingerprint=fp)
+        else:
+            self.edits[story_id] = StoryEdit(text, fp)
+
+    def _candidates(self, fp: Fingerprint) -> list[Candidate]:
+        ids: set[str] = set()
+        for key in fp.keys:
+            ids.update(self.found.by_key.get(key, ()))
+            ids.update(self.by_key.get(key, ()))
+        for band in fp.bands:
+            ids.update(self.found.by_band.get(band, ()))
+            ids.update(self.by_band.get(band, ()))
+        ids.discard(fp.story_id)
+        return [self.planned.get(i) or self.found.candidates[i] for i in sorted(ids)]
+
+    def _start(self, kind: Literal["near", "exact"], story: Story) -> int:
+        ref = -1 - len(self.started)
+        self.started[ref] = (kind, atom_id(kind, story.id), story.first_seen)
+        return ref
+
+    def _insert(self, story: Story, fp: Fingerprint, decision: Decision) -> None:
+        near = decision.cluster_id if decision.cluster_id is not None else self._start("near", story)
+        exact = decision.exact_cluster_id if decision.exact_cluster_id is not None else self._start("exact", story)
+        self.inserts[story.id] = NewStory(story, fp, near, exact, decision)
+        newcomer = LeadInfo(story.id, story.source, fp.words, story.when)
+        for cluster in (near, exact):
+            if cluster in self.started and cluster not in self.leads:
+                self.leads[cluster] = newcomer
+                self.first_times[cluster] = story.when
+                continue
+            current = self.leads.get(cluster)
+            if current is not None and better_lead(current, newcomer, self.priorities):
+                self.leads[cluster] = newcomer
+            first = self.first_times.get(cluster) or self.found.first_times.get(cluster)
+            self.first_times[cluster] = story.when if first is None else min(first, story.when)
+        candidate = Candidate(story.id, story.source, story.title, near, exact, fp.keys, fp.shingles, fp.words)
+        self.planned[story.id] = candidate
+        for key in fp.keys:
+            self.by_key.setdefault(key, []).append(story.id)
+        for band in fp.bands:
+            self.by_band.setdefault(band, []).append(story.id)
+
+    def result(self, counts: tuple[tuple[int, int], ...]) -> Plan:
+        was = self.found.leads
+        stored_first = self.found.first_times
+        return Plan(
+            clusters=tuple(
+                NewCluster(ref, kind, atom, self.leads[ref].story_id, created, self.first_times[ref])
+                for ref, (kind, atom, created) in self.started.items()
+            ),
+            stories=tuple(self.inserts.values()),
+            edits=tuple(self.edits.values()),
+            guids=tuple(self.guids),
+            leads={c: lead.story_id for c, lead in self.leads.items() if c > 0 and c in was and was[c].story_id != lead.story_id},
+            first_times={c: t for c, t in self.first_times.items() if c > 0 and (stored_first.get(c) is None or t < stored_first[c])},
+            counts=counts,
+        )

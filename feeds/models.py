@@ -6,7 +6,7 @@ Imports only the standard library.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -65,6 +65,7 @@ class SourceState:
     websub_secret: str | None = None  # our HMAC key for this source's subscription
     websub_requested: datetime | None = None  # when we last asked the hub to (re)subscribe us
     websub_expires: datetime | None = None  # lease end, once the hub verified our intent
+    seen: tuple[str, ...] = ()  # marks (id and text) of the entries last read: unchanged ones skip the pipeline
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +188,13 @@ class Cluster:
         return max(m.stamp for m in self.members)
 
 
+def ordered_cluster(cluster_id: int, atom_id: str, lead_id: str, members: Sequence[Story]) -> Cluster:
+    """A cluster from its stored members: the elected lead first; when the lead is not among
+    `members` (an output that leaves its source out), the earliest member leads there."""
+    lead = next((s for s in members if s.id == lead_id), members[0])
+    return Cluster(cluster_id, atom_id, lead, (lead, *(s for s in members if s.id != lead.id)))
+
+
 @dataclass(frozen=True, slots=True)
 class OutputSpec:
     """One merged feed to publish as <name>.atom, .rss and .json."""
@@ -285,3 +293,135 @@ class PollOutcome:
     updated: int = 0
     error: str | None = None
     warning: str | None = None
+
+
+# -- the dedupe index: what `dedupe` decides and the store keeps ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Fingerprint:
+    """What the index keeps of a story: exact keys, band keys and the shingle set for verification."""
+
+    story_id: str
+    keys: tuple[str, ...]
+    bands: tuple[int, ...]
+    shingles: tuple[int, ...]  # sorted unique 32-bit shingle hashes
+    words: int
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A stored story that shares a key or a band with a new one."""
+
+    story_id: str
+    source: str
+    title: str
+    cluster_id: int
+    exact_cluster_id: int
+    keys: tuple[str, ...]
+    shingles: tuple[int, ...]
+    words: int
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Where a new story goes, and why (shown by `feeds clusters explain`)."""
+
+    kind: Literal["new", "exact", "near"]
+    cluster_id: int | None = None  # None: start a new near cluster
+    exact_cluster_id: int | None = None  # None: start a new exact cluster
+    matched: str | None = None  # the story that decided it
+    reason: str = "no similar story in the window"
+    jaccard: float = 0.0
+    containment: float = 0.0
+    replaces: str | None = None  # same source, same article under a new guid (GUID rotation)
+
+
+@dataclass(frozen=True, slots=True)
+class LeadInfo:
+    """What the lead election needs to know of a cluster member."""
+
+    story_id: str
+    source: str
+    words: int
+    when: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Stamps:
+    """A stored story's dates and text hash: what an edit of it keeps or moves."""
+
+    first_seen: datetime
+    published: datetime | None
+    updated: datetime | None
+    content_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """What a batch of new and edited stories asks the store (`tx.lookup`)."""
+
+    guids: tuple[tuple[str, str], ...]  # (source, guid): which are stored already
+    keys: tuple[str, ...]  # exact keys to find stories by
+    bands: tuple[int, ...]  # band keys to find stories by, first seen since `since`
+    since: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """The store's answer to a Probe: everything `dedupe.plan` needs, read in a few statements."""
+
+    known: Mapping[tuple[str, str], str]  # (source, guid) -> stored story id
+    stamps: Mapping[str, Stamps]  # story id -> stamps, for known stories and candidates
+    candidates: Mapping[str, Candidate]  # story id -> candidate
+    by_key: Mapping[str, tuple[str, ...]]  # exact key -> story ids
+    by_band: Mapping[int, tuple[str, ...]]  # band key -> story ids (first seen in the window)
+    leads: Mapping[int, LeadInfo]  # cluster id -> its current lead, for the candidates' clusters
+    first_times: Mapping[int, datetime]  # cluster id -> when it was first reported
+
+
+@dataclass(frozen=True, slots=True)
+class NewCluster:
+    """A cluster a plan starts. `ref` is negative and only names it within the plan: the store
+    gives it its id when it saves the plan."""
+
+    ref: int
+    kind: Literal["near", "exact"]
+    atom_id: str  # minted by the plan, never changes
+    lead: str
+    created: datetime
+    first_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NewStory:
+    """A story to insert, with the clusters it joins (stored ids, or refs of NewClusters)."""
+
+    story: Story
+    fingerprint: Fingerprint
+    cluster: int
+    exact_cluster: int
+    decision: Decision
+
+
+@dataclass(frozen=True, slots=True)
+class StoryEdit:
+    """A stored story's new text, to save and re-index. `story` carries the stored id and
+    first-seen stamp and the published/updated stamps the plan decided; the clusters it is in
+    are unchanged, and the store recomputes when they were first reported."""
+
+    story: Story
+    fingerprint: Fingerprint
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Everything one batch changes in the store, decided in pure code; `tx.save` applies it."""
+
+    clusters: tuple[NewCluster, ...] = ()
+    stories: tuple[NewStory, ...] = ()
+    edits: tuple[StoryEdit, ...] = ()
+    guids: tuple[tuple[str, str, str], ...] = ()  # (source, guid, story id) beyond the new stories' own
+    leads: Mapping[int, str] = field(default_factory=dict)  # stored cluster id -> its new lead
+    first_times: Mapping[int, datetime] = field(default_factory=dict)  # stored cluster id -> moved earlier
+    counts: tuple[tuple[int, int], ...] = ()  # (new, updated) per source of the batch, in order

@@ -9,16 +9,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from feeds import policy
-from feeds.dedupe import Fingerprint, LeadInfo, assign, better_lead
+from feeds import dedupe, policy
 from feeds.errors import StoreError
 from feeds.fetch import Fetcher
 from feeds.metrics import record_poll
-from feeds.models import FetchResult, OutcomeStatus, PollOutcome, Settings, Source, SourceState, Story
+from feeds.models import FetchResult, Fingerprint, OutcomeStatus, PollOutcome, Settings, Source, SourceState, Story
 from feeds.normalize import stable_hash
 from feeds.prepare import Options, Prepared, prepare
 from feeds.store import PollTransaction, Store
@@ -36,6 +35,7 @@ class _SourceIndex:
     sources: tuple[Source, ...]  # held, so the cache key (its id) stays this object's
     digest: str
     by_name: dict[str, tuple[int, Source]]
+    priorities: dict[str, int]
 
 
 _INDEXES: dict[int, _SourceIndex] = {}
@@ -48,7 +48,12 @@ def _index(settings: Settings) -> _SourceIndex:
     if cached is not None and cached.sources is settings.sources:
         return cached
     digest = stable_hash(*(f"{s.name}\t{s.url}" for s in settings.sources))
-    index = _SourceIndex(settings.sources, digest, {s.name: (i, s) for i, s in enumerate(settings.sources)})
+    index = _SourceIndex(
+        settings.sources,
+        digest,
+        {s.name: (i, s) for i, s in enumerate(settings.sources)},
+        {s.name: s.priority for s in settings.sources if s.priority},
+    )
     if len(_INDEXES) >= 4:
         _INDEXES.clear()
     _INDEXES[id(settings.sources)] = index
@@ -187,7 +192,7 @@ def _poll_cycle(
     store_batch()
     _save_states(store, states_only)
     if any(o.new for o in outcomes):
-        store.prune_index(before=now - settings.dedupe.window)
+        prune(settings, store, now=now)
     return outcomes
 
 
@@ -279,12 +284,11 @@ def _save_states(store: Store, states: list[SourceState]) -> None:
     states.clear()
 
 
-def _write(settings: Settings, store: Store, polls: Sequence[tuple[Source, Prepared]], *, now: datetime) -> list[tuple[int, int]]:
+def _write(settings: Settings, store: Store, polls: Sequence[tuple[Source, Prepared]], *, now: datetime) -> tuple[tuple[int, int], ...]:
     """Ingest the polls' stories and save their states in one transaction; (new, updated) each."""
     with store.transaction() as tx:
-        counts = [ingest(tx, source, prepared.stories, prepared.fingerprints, settings, now=now) for source, prepared in polls]
-        for _, prepared in polls:
-            tx.save_state(prepared.state)
+        counts = ingest(tx, [(p.stories, p.fingerprints) for _, p in polls], settings, now=now)
+        tx.save_states([p.state for _, p in polls])
     return counts
 
 
@@ -306,38 +310,23 @@ def _outcome(source: Source, result: FetchResult, prepared: Prepared, new: int, 
 
 def ingest(
     tx: PollTransaction,
-    source: Source,
-    stories: Sequence[Story],
-    fingerprints: Sequence[Fingerprint],
+    polls: Sequence[tuple[Sequence[Story], Sequence[Fingerprint]]],
     settings: Settings,
     *,
     now: datetime,
-) -> tuple[int, int]:
-    """Store a source's stories: new ones join or start clusters, edited ones change in place."""
-    known = tx.known(source.name, [s.guid for s in stories])
-    since = now - settings.dedupe.window
-    priorities = {s.name: s.priority for s in settings.sources}
-    new = updated = 0
-    for story, fp in zip(stories, fingerprints, strict=True):
-        hit = known.get(story.guid)
-        if hit is not None:
-            if hit.content_hash != story.content_hash:
-                tx.update_story(hit.id, story, fp)
-                updated += 1
-            continue
-        decision = assign(fp, story, tx.candidates(fp, since=since), settings.dedupe)
-        if decision.replaces is not None:
-            # The same article of the same source under a new guid (GUID rotation): one story.
-            tx.update_story(decision.replaces, story, replace(fp, story_id=decision.replaces))
-            tx.add_guid(source.name, story.guid, decision.replaces)
-            continue
-        tx.add_story(story, fp, decision)
-        new += 1
-        newcomer = LeadInfo(story.id, story.source, fp.words, story.when)
-        for cluster_id in (decision.cluster_id, decision.exact_cluster_id):
-            if cluster_id is None:
-                continue
-            current = tx.lead(cluster_id)
-            if current is not None and better_lead(current, newcomer, priorities):
-                tx.set_lead(cluster_id, story.id)
-    return new, updated
+) -> tuple[tuple[int, int], ...]:
+    """Store a batch of polls' stories: look up what the store knows of them (a few statements),
+    decide in one pure pass (`dedupe.plan`), save the plan. (new, updated) per poll."""
+    found = tx.lookup(dedupe.probe(polls, since=now - settings.dedupe.window))
+    plan = dedupe.plan(polls, found, settings.dedupe, _index(settings).priorities)
+    tx.save(plan)
+    return plan.counts
+
+
+def prune(settings: Settings, store: Store, *, now: datetime) -> None:
+    """Drop band rows that fell out of the dedupe window, at most hourly (`dedupe.prune_due`)."""
+    horizon = now - settings.dedupe.window
+    last = store.meta("pruned_before")
+    if dedupe.prune_due(None if last is None else datetime.fromtimestamp(float(last), UTC), horizon):
+        store.prune_index(before=horizon)
+        store.set_meta("pruned_before", str(horizon.timestamp()))

@@ -11,10 +11,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from feeds import policy
-from feeds.dedupe import Fingerprint, fingerprint
+from feeds.dedupe import fingerprint
 from feeds.errors import ParseError
-from feeds.models import DedupeSettings, FetchResult, Source, SourceState, Story
-from feeds.normalize import normalize_entries
+from feeds.models import DedupeSettings, FetchResult, Fingerprint, Source, SourceState, Story
+from feeds.normalize import normalize_entries, stable_hash
 from feeds.parse import parse_feed
 
 
@@ -47,9 +47,22 @@ def prepare(source: Source, state: SourceState, result: FetchResult, options: Op
         except ParseError as exc:
             error = exc.message
     stories: tuple[Story, ...] = ()
+    marks: tuple[str, ...] = ()
     if feed is not None:
         stories, dropped = normalize_entries(feed, source, base=result.final_url, now=now)
         if dropped:
             feed = replace(feed, warning=f"{feed.warning}; {dropped}" if feed.warning else dropped)
+        marks = tuple(mark(s) for s in stories)
+        seen = set(state.seen)
+        # An entry read last time with the same text was stored then (the state that remembers
+        # it is saved in the same transaction as its stories): nothing to fingerprint or look up.
+        stories = tuple(s for s, m in zip(stories, marks, strict=True) if m not in seen)
     next_state = policy.next_state(state, result, source=source, now=now, feed=feed, error=error)
+    if feed is not None:
+        next_state = replace(next_state, seen=marks)
     return Prepared(next_state, feed is not None, stories, tuple(fingerprint(s, options.dedupe) for s in stories))
+
+
+def mark(story: Story) -> str:
+    """A story's id and text in 16 hex digits: how the next poll knows the entry unchanged."""
+    return stable_hash(story.id, story.content_hash, size=8)

@@ -42,10 +42,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from feeds.dedupe import assign, fingerprint  # noqa: E402
+from feeds.dedupe import fingerprint, plan, probe  # noqa: E402
 from feeds.models import DedupeSettings, Story  # noqa: E402
 from feeds.normalize import stable_hash  # noqa: E402
-from feeds.store.sqlite import SQLiteStore, _Transaction  # noqa: E402
+from feeds.store.sqlite import SQLiteStore  # noqa: E402
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 WORDS = [f"w{i}" for i in range(20_000)]
@@ -122,22 +122,16 @@ def bench_dedupe(sizes: list[int], probes: int, *, rate: float, batch: int) -> N
             filled = time.perf_counter() - started
             phases: list[tuple[float, float, float]] = []
             for start in range(0, probes, batch):
-                timing = [0.0, 0.0, 0.0]
-                store._db.execute("BEGIN IMMEDIATE")
-                tx = _Transaction(store._db)
-                for n in range(start, start + batch):
-                    story = synthetic_story(rng, 10_000_000 + n)
-                    t0 = time.perf_counter()
-                    fp = fingerprint(story, settings)
-                    t1 = time.perf_counter()
-                    decision = assign(fp, story, tx.candidates(fp, since=NOW - settings.window), settings)
+                stories = [synthetic_story(rng, 10_000_000 + n) for n in range(start, start + batch)]
+                t0 = time.perf_counter()
+                polls = [(stories, [fingerprint(story, settings) for story in stories])]
+                t1 = time.perf_counter()
+                with store.transaction() as tx:
+                    decided = plan(polls, tx.lookup(probe(polls, since=NOW - settings.window)), settings, {})
                     t2 = time.perf_counter()
-                    tx.add_story(story, fp, decision)
-                    timing = [timing[0] + t1 - t0, timing[1] + t2 - t1, timing[2] + time.perf_counter() - t2]
+                    tx.save(decided)
                 t3 = time.perf_counter()
-                store._db.execute("COMMIT")
-                timing[2] += time.perf_counter() - t3
-                phases.append((timing[0] * 1000 / batch, timing[1] * 1000 / batch, timing[2] * 1000 / batch))
+                phases.append(((t1 - t0) * 1000 / batch, (t2 - t1) * 1000 / batch, (t3 - t2) * 1000 / batch))
             size_mb = sum(p.stat().st_size for p in Path(tmp).iterdir()) / 1e6
             store.close()
         f, lookup, persist = (statistics.median(p[i] for p in phases) for i in range(3))

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import feedparser
 
-from feeds.dedupe import Candidate, LeadInfo, assign, better_lead, fingerprint, matching_text, similarity
-from feeds.models import DedupeSettings, Story
+from feeds.dedupe import assign, better_lead, fingerprint, matching_text, plan, probe, similarity
+from feeds.models import Candidate, DedupeSettings, LeadInfo, Plan, Story
 from feeds.store.sqlite import SQLiteStore
 from scripts.dedup_eval import run_pipeline, score
 from tests.conftest import DATA, NOW, FeedServer, rss, run_feeds, settings_for
@@ -153,21 +153,64 @@ def test_atom_id_survives_lead_change_and_edits_stay_in_cluster(tmp_path: Path, 
     assert "joined cluster" in explained and "containment" in explained
 
 
+def store_batch(db: SQLiteStore, *stories: Story, priorities: dict[str, int] | None = None) -> Plan:
+    """Look up, plan and save stories as one batch (one poll per source), as a cycle does."""
+    by_source: dict[str, list[Story]] = {}
+    for s in stories:
+        by_source.setdefault(s.source, []).append(s)
+    polls = [(group, [fingerprint(s, SETTINGS) for s in group]) for group in by_source.values()]
+    with db.transaction() as tx:
+        decided = plan(polls, tx.lookup(probe(polls, since=NOW - SETTINGS.window)), SETTINGS, priorities or {})
+        tx.save(decided)
+    return decided
+
+
 def test_index_is_persisted_and_window_limits_near_matches(tmp_path: Path) -> None:
     db = SQLiteStore(tmp_path / "feeds.db")
-    original = story("o", f"<p>{BODY}</p>")
-    with db.transaction() as tx:
-        tx.add_story(original, fingerprint(original, SETTINGS), assign(fingerprint(original, SETTINGS), original, [], SETTINGS))
+    store_batch(db, story("o", f"<p>{BODY}</p>"))
     db.close()
     reopened = SQLiteStore(tmp_path / "feeds.db")
     copy = story("c", f"<p>WIRE -- {BODY} Officials said the first phase starts in March.</p>", source="b")
     fp = fingerprint(copy, SETTINGS)
     with reopened.transaction() as tx:
-        found = tx.candidates(fp, since=NOW - SETTINGS.window)
-        assert [c.story_id for c in found] == ["o"]
-        assert similarity(fp.shingles, found[0].shingles)[0] > 0.8
-        assert tx.candidates(fp, since=NOW + timedelta(days=1)) == []  # outside the window
+        found = tx.lookup(probe([([copy], [fp])], since=NOW - SETTINGS.window))
+        assert list(found.candidates) == ["o"]
+        assert similarity(fp.shingles, found.candidates["o"].shingles)[0] > 0.8
+        assert not tx.lookup(probe([([copy], [fp])], since=NOW + timedelta(days=1))).candidates  # outside the window
     reopened.close()
+
+
+def test_copies_inside_one_batch_merge_and_the_best_copy_leads(tmp_path: Path) -> None:
+    db = SQLiteStore(tmp_path / "feeds.db")
+    excerpt = story("e", f"<p>{BODY[:200]}</p>", source="blog")
+    full = story("f", f"<p>WIRE -- {BODY}</p>", source="wire")
+    other = story("x", "<p>" + " ".join(f"unrelated{i}" for i in range(40)) + "</p>", source="wire")
+    decided = store_batch(db, excerpt, full, other)
+    assert decided.counts == ((1, 0), (2, 0))
+    assert {c.kind for c in decided.clusters} == {"near", "exact"} and len(decided.clusters) == 5  # excerpt, full (exact), other
+    clusters = db.clusters(["blog", "wire"], exact=False, limit=10)
+    merged = next(c for c in clusters if len(c.members) == 2)
+    assert merged.lead.id == "f" and {m.id for m in merged.members} == {"e", "f"}  # full text beats the excerpt
+    assert merged.atom_id.startswith("urn:feeds:") and len(clusters) == 2
+    # The same batch again changes nothing: every story is known by its guid.
+    assert store_batch(db, excerpt, full, other).counts == ((0, 0), (0, 0))
+    assert db.clusters(["blog", "wire"], exact=False, limit=10) == clusters
+    db.close()
+
+
+def test_an_edit_keeps_the_story_and_its_first_stamps(tmp_path: Path) -> None:
+    db = SQLiteStore(tmp_path / "feeds.db")
+    original = replace(story("o", f"<p>{BODY}</p>"), published=NOW - timedelta(hours=3), content_hash="v1")
+    store_batch(db, original)
+    later = NOW + timedelta(hours=1)
+    edited = replace(original, first_seen=later, published=None, summary_html=f"<p>{BODY} Update.</p>", content_hash="v2")
+    decided = store_batch(db, edited)
+    assert decided.counts == ((0, 1),) and not decided.stories
+    stored = db.stored_story("o")
+    assert stored is not None
+    assert stored.story.first_seen == NOW and stored.story.published == NOW - timedelta(hours=3)  # kept
+    assert stored.story.updated == later and "Update." in (stored.story.summary_html or "")  # stamped when seen
+    db.close()
 
 
 def test_output_with_exact_dedupe_keeps_near_duplicates_apart(tmp_path: Path, server: FeedServer) -> None:

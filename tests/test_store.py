@@ -70,11 +70,13 @@ def test_newer_and_corrupt_databases_are_refused_with_the_path(tmp_path: Path) -
 def test_band_index_is_pruned_to_the_window_at_most_hourly(tmp_path: Path) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from feeds.dedupe import assign, fingerprint
-    from feeds.models import DedupeSettings, Story
+    from feeds.models import Story
+    from feeds.poll import prune
+    from tests.conftest import settings_for
+    from tests.test_dedupe import store_batch
 
     store = SQLiteStore(tmp_path / "feeds.db")
-    settings = DedupeSettings()
+    settings = settings_for(tmp_path, [{"name": "a", "url": "https://a.example/feed"}])
     now = datetime(2026, 11, 25, tzinfo=UTC)
     text = "<p>" + " ".join(f"word{i}" for i in range(40)) + "</p>"
     for day in (10, 1):  # one story first seen 10 days ago, one yesterday
@@ -88,14 +90,16 @@ def test_band_index_is_pruned_to_the_window_at_most_hourly(tmp_path: Path) -> No
             first_seen=now - timedelta(days=day),
             summary_html=text.replace("word0", f"day{day}"),
         )
-        fp = fingerprint(story, settings)
-        with store.transaction() as tx:
-            tx.add_story(story, fp, assign(fp, story, [], settings))
+        store_batch(store, story)
     bands = "SELECT COUNT(*) FROM story_bands"
     assert store._db.execute(bands).fetchone()[0] == 128
-    assert store.prune_index(before=now - settings.window) == 64  # the old story's rows go
-    assert store.prune_index(before=now - settings.window + timedelta(minutes=30)) == 0  # within the hour: skipped
+    prune(settings, store, now=now)  # the old story's rows go
     assert store._db.execute(bands).fetchone()[0] == 64
+    store._db.execute("UPDATE story_bands SET first_seen = ?", ((now - timedelta(days=5)).timestamp(),))
+    prune(settings, store, now=now + timedelta(minutes=30))  # within the hour: skipped
+    assert store._db.execute(bands).fetchone()[0] == 64
+    prune(settings, store, now=now + timedelta(hours=1))
+    assert store._db.execute(bands).fetchone()[0] == 0
     assert store.story_counts() == {"a": 2}  # stories themselves are never pruned
     store.close()
 

@@ -1,7 +1,25 @@
-"""Storage behind one protocol: SQLite (embedded default) now, PostgreSQL later.
+"""Storage behind one protocol: SQLite (embedded default) now, PostgreSQL next.
 
-The store saves decisions and never makes them: which cluster a story joins and which story
-leads it are decided in `dedupe`/`poll` and handed in. Imports no pipeline stage but models.
+The contract every backend keeps:
+
+- **It saves decisions and never makes them.** Which cluster a story joins, its lead, the Atom
+  ids of new clusters, the stamps of edited stories and when to prune are decided in pure code
+  (`dedupe.plan`, `policy`) and handed in as values from `feeds.models`. The store imports no
+  pipeline stage (an import contract in pyproject.toml says so).
+- **Batch calls.** A poll cycle talks to the store once per batch of sources, not per story:
+  `due` (one indexed query), `transaction()` -> `tx.lookup(probe)` (a few statements for the
+  whole batch) -> `tx.save(plan)` and `tx.save_states(states)` (executemany), commit;
+  `save_states` alone for polls that stored nothing else. Reads for outputs (`clusters`) are
+  one query for the ids and one for the members.
+- **Cluster assignment is serialized.** A transaction holds the store's write lock from lookup
+  to commit, so what `lookup` found is still true when `save` applies the plan (SQLite: BEGIN
+  IMMEDIATE, one writer at a time). Surrogate ids (cluster ids, story sequence numbers) are
+  given out by the store inside that lock.
+- **Threads.** A store object may be called from any thread; the backend serializes calls on
+  its connection (SQLite: one connection behind a lock; reads run outside write transactions
+  in WAL mode and see the last commit).
+- **Errors.** Every backend error leaves as `StoreError` naming the database, never as a
+  driver exception; a failed transaction is rolled back whole.
 """
 
 from __future__ import annotations
@@ -14,17 +32,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from feeds.dedupe import Candidate, Decision, Fingerprint, LeadInfo
 from feeds.errors import StoreError
-from feeds.models import Author, Cluster, Enclosure, SourceState, Story
-
-
-@dataclass(frozen=True, slots=True)
-class KnownStory:
-    """A stored story found by (source, guid), for idempotent re-polls and in-place edits."""
-
-    id: str
-    content_hash: str
+from feeds.models import Author, Cluster, Enclosure, Found, Plan, Probe, SourceState, Story
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,16 +47,11 @@ class StoredStory:
 
 
 class PollTransaction(Protocol):
-    """Reads and writes for one source's poll, committed together or not at all."""
+    """One batch's reads and writes, under the store's write lock, committed together or not at all."""
 
-    def known(self, source: str, guids: Sequence[str]) -> dict[str, KnownStory]: ...
-    def candidates(self, fp: Fingerprint, *, since: datetime) -> list[Candidate]: ...
-    def add_story(self, story: Story, fp: Fingerprint, decision: Decision) -> None: ...
-    def update_story(self, story_id: str, story: Story, fp: Fingerprint) -> None: ...
-    def add_guid(self, source: str, guid: str, story_id: str) -> None: ...
-    def lead(self, cluster_id: int) -> LeadInfo | None: ...
-    def set_lead(self, cluster_id: int, story_id: str) -> None: ...
-    def save_state(self, state: SourceState) -> None: ...
+    def lookup(self, probe: Probe) -> Found: ...
+    def save(self, plan: Plan) -> None: ...
+    def save_states(self, states: Sequence[SourceState]) -> None: ...
 
 
 STORE_MARKER = ".feeds-store"  # written into the publish directory: outputs there came from a store

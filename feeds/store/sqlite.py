@@ -12,18 +12,28 @@ import sqlite3
 import threading
 import time
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from feeds.dedupe import SCHEME_VERSION, Candidate, Decision, Fingerprint, LeadInfo
 from feeds.errors import StoreError
-from feeds.models import Cluster, SourceState, Story
-from feeds.normalize import stable_hash
+from feeds.models import (
+    Candidate,
+    Cluster,
+    Fingerprint,
+    Found,
+    LeadInfo,
+    Plan,
+    Probe,
+    SourceState,
+    Stamps,
+    Story,
+    ordered_cluster,
+)
 from feeds.store import (
-    KnownStory,
     StoredStory,
     enclosures_from_json,
     enclosures_to_json,
@@ -36,7 +46,7 @@ from feeds.store import (
 )
 
 BUSY_TIMEOUT = 30.0
-PRUNE_EVERY = 3600.0  # seconds of dedupe-window movement between two prunes of the band index
+CHUNK = 5000  # values bound in one IN (...) list (SQLite allows 32,766)
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: the first schema
@@ -137,6 +147,23 @@ def _unpack(blob: bytes | None) -> tuple[int, ...]:
     return tuple(values)
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _wrapped(method: Callable[Concatenate[SQLiteStore, _P], _R]) -> Callable[Concatenate[SQLiteStore, _P], _R]:
+    """A read of the store whose sqlite3 errors leave as StoreError naming the database."""
+
+    def call(store: SQLiteStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(store, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{store.path}: {exc}") from exc
+
+    call.__doc__, call.__name__ = method.__doc__, method.__name__
+    return call
+
+
 class SQLiteStore:
     """A Store in one SQLite file."""
 
@@ -211,7 +238,6 @@ class SQLiteStore:
                     if statement.strip():
                         self._db.execute(statement)
                 self._db.execute(f"PRAGMA user_version={number}")
-                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('dedupe_scheme', ?)", (str(SCHEME_VERSION),))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -232,8 +258,10 @@ class SQLiteStore:
             try:
                 yield self._db
                 self._db.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"{self.path}: {exc} (nothing of this transaction was saved)") from exc
                 raise
 
     @contextmanager
@@ -244,11 +272,13 @@ class SQLiteStore:
 
     # -- sources ------------------------------------------------------------------------------
 
+    @_wrapped
     def states(self) -> dict[str, SourceState]:
         """Every stored source state by name."""
         rows = self._db.execute("SELECT state FROM sources").fetchall()
         return {s.name: s for s in (state_from_json(r["state"]) for r in rows)}
 
+    @_wrapped
     def due(self, now: datetime, *, force: bool = False) -> list[SourceState]:
         """The stored states due at `now` (all but gone ones with `force`), never one inside a
         Retry-After window: one indexed query, whatever the number of sources."""
@@ -264,6 +294,7 @@ class SQLiteStore:
             rows = self._db.execute(query, (at, at))
         return [state_from_json(r["state"]) for r in rows]
 
+    @_wrapped
     def configured_urls(self) -> dict[str, str | None]:
         """Each stored source's configured URL (no state is decoded)."""
         return {r[0]: r[1] for r in self._db.execute("SELECT name, configured_url FROM sources")}
@@ -277,6 +308,7 @@ class SQLiteStore:
         with self._write() as db:
             db.executemany(_SAVE_STATE, [_state_row(s) for s in states])
 
+    @_wrapped
     def meta(self, key: str) -> str | None:
         """A value the pipeline remembers in the store (e.g. which config it last synced)."""
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -287,17 +319,20 @@ class SQLiteStore:
         with self._write() as db:
             db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
+    @_wrapped
     def story_counts(self) -> dict[str, int]:
         """How many stories each source has stored."""
         rows = self._db.execute("SELECT source, COUNT(*) AS n FROM stories GROUP BY source")
         return {r["source"]: r["n"] for r in rows}
 
+    @_wrapped
     def cluster_count(self) -> int:
         """How many near-duplicate clusters (published entries) are stored."""
         return int(self._db.execute("SELECT COUNT(*) FROM clusters WHERE kind = 'near'").fetchone()[0])
 
     # -- outputs ------------------------------------------------------------------------------
 
+    @_wrapped
     def clusters(self, sources: Iterable[str], *, exact: bool, limit: int) -> list[Cluster]:
         """The newest `limit` clusters with a story from `sources`; members limited to them."""
         names = sorted(set(sources))
@@ -326,15 +361,9 @@ class SQLiteStore:
             r["id"]: (r["atom_id"], r["lead"])
             for r in self._db.execute(f"SELECT id, atom_id, lead FROM clusters WHERE id IN ({id_marks})", ids)
         }
-        result = []
-        for cluster_id in ids:
-            stories = members[cluster_id]
-            atom_id, lead_id = heads[cluster_id]
-            lead = next((s for s in stories if s.id == lead_id), stories[0])
-            ordered = (lead, *(s for s in stories if s.id != lead.id))
-            result.append(Cluster(id=cluster_id, atom_id=atom_id, lead=lead, members=ordered))
-        return result
+        return [ordered_cluster(i, heads[i][0], heads[i][1], members[i]) for i in ids]
 
+    @_wrapped
     def stored_story(self, story_id: str) -> StoredStory | None:
         """One stored story with its clusters and the decision that placed it."""
         row = self._db.execute("SELECT * FROM stories WHERE id = ?", (story_id,)).fetchone()
@@ -343,19 +372,12 @@ class SQLiteStore:
         return StoredStory(_story(row), row["cluster_id"], row["exact_cluster_id"], json.loads(row["decision"]))
 
     def prune_index(self, *, before: datetime) -> int:
-        """Drop near-duplicate band rows of stories first seen before `before` (outside every
-        dedupe window): lookups never use them, and the index stays as large as the window.
-
-        The delete scans the band table, so it runs at most once per PRUNE_EVERY of window
-        movement (remembered in the store, so cron runs share it), not after every poll."""
-        horizon = before.timestamp()
+        """Drop the band rows of stories first seen before `before` (outside every dedupe window):
+        lookups never use them, so the index stays as large as the window. Stories are kept."""
         with self._write() as db:
-            row = db.execute("SELECT value FROM meta WHERE key = 'pruned_before'").fetchone()
-            if row is not None and horizon - float(row[0]) < PRUNE_EVERY:
-                return 0
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('pruned_before', ?)", (str(horizon),))
-            return int(db.execute("DELETE FROM story_bands WHERE first_seen < ?", (horizon,)).rowcount)
+            return int(db.execute("DELETE FROM story_bands WHERE first_seen < ?", (to_epoch(before),)).rowcount)
 
+    @_wrapped
     def output_digest(self, name: str) -> str | None:
         """The digest of what was last published for an output."""
         row = self._db.execute("SELECT digest FROM outputs WHERE name = ?", (name,)).fetchone()
@@ -374,26 +396,13 @@ def _state_row(state: SourceState) -> tuple[object, ...]:
     return (state.name, state.status, to_epoch(state.next_poll), to_epoch(state.retry_after), state.configured_url, state_to_json(state))
 
 
-def _save_state(db: sqlite3.Connection, state: SourceState) -> None:
-    db.execute(_SAVE_STATE, _state_row(state))
+def _chunks(values: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
 
 
-def _content_columns(story: Story, fp: Fingerprint) -> dict[str, object]:
-    """The columns a story's text and fingerprint fill, for inserts and in-place edits alike."""
-    return {
-        "guid": story.guid,
-        "title": story.title,
-        "link": story.link,
-        "canonical_url": story.canonical_url,
-        "summary_html": story.summary_html,
-        "content_html": story.content_html,
-        "authors": people_to_json(story.authors),
-        "categories": json.dumps(list(story.categories)),
-        "enclosures": enclosures_to_json(story.enclosures),
-        "content_hash": story.content_hash,
-        "words": fp.words,
-        "shingles": _pack(fp.shingles),
-    }
+def _marks(values: Sized) -> str:
+    return ",".join("?" * len(values))
 
 
 def _story(row: sqlite3.Row) -> Story:
@@ -416,135 +425,189 @@ def _story(row: sqlite3.Row) -> Story:
     )
 
 
+def _text_row(story: Story, fp: Fingerprint) -> tuple[object, ...]:
+    """The columns a story's text, stamps and fingerprint fill (TEXT_COLUMNS), for inserts and edits alike."""
+    return (
+        story.guid,
+        story.title,
+        story.link,
+        story.canonical_url,
+        story.summary_html,
+        story.content_html,
+        people_to_json(story.authors),
+        json.dumps(list(story.categories)),
+        enclosures_to_json(story.enclosures),
+        to_epoch(story.published),
+        to_epoch(story.updated),
+        story.content_hash,
+        fp.words,
+        _pack(fp.shingles),
+    )
+
+
+TEXT_COLUMNS = (
+    "guid",
+    "title",
+    "link",
+    "canonical_url",
+    "summary_html",
+    "content_html",
+    "authors",
+    "categories",
+    "enclosures",
+    "published",
+    "updated",
+    "content_hash",
+    "words",
+    "shingles",
+)
+_INSERT_STORY = (
+    f"INSERT INTO stories (seq, id, source, first_seen, cluster_id, exact_cluster_id, decision, {', '.join(TEXT_COLUMNS)}) "
+    f"VALUES ({_marks(range(7 + len(TEXT_COLUMNS)))})"
+)
+_EDIT_STORY = f"UPDATE stories SET {', '.join(f'{c} = ?' for c in TEXT_COLUMNS)} WHERE id = ?"
+_CANDIDATE = (
+    "SELECT seq, id, source, title, cluster_id, exact_cluster_id, shingles, words, first_seen, published, updated, content_hash "
+    "FROM stories"
+)
+
+
 class _Transaction:
-    """The PollTransaction of the SQLite store."""
+    """The PollTransaction of the SQLite store: a batch's lookup and save, a few statements each."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
 
-    def known(self, source: str, guids: Sequence[str]) -> dict[str, KnownStory]:
-        found: dict[str, KnownStory] = {}
-        for start in range(0, len(guids), 500):
-            chunk = list(guids[start : start + 500])
-            rows = self.db.execute(
-                "SELECT g.guid, s.id, s.content_hash FROM guids g "
-                f"JOIN stories s ON s.id = g.story_id WHERE g.source = ? AND g.guid IN ({','.join('?' * len(chunk))})",
-                (source, *chunk),
-            )
-            for r in rows:
-                found[r["guid"]] = KnownStory(r["id"], r["content_hash"])
-        return found
-
-    def candidates(self, fp: Fingerprint, *, since: datetime) -> list[Candidate]:
-        ids: set[str] = set()
-        if fp.keys:
-            rows = self.db.execute(f"SELECT story_id FROM story_keys WHERE key IN ({','.join('?' * len(fp.keys))})", fp.keys)
-            ids.update(r[0] for r in rows)
-        if fp.bands:
-            rows = self.db.execute(
-                f"SELECT s.id FROM stories s WHERE s.seq IN (SELECT seq FROM story_bands "
-                f"WHERE band IN ({','.join('?' * len(fp.bands))}) AND first_seen >= ?)",
-                (*fp.bands, to_epoch(since)),
-            )
-            ids.update(r[0] for r in rows)
-        ids.discard(fp.story_id)
-        if not ids:
-            return []
-        marks = ",".join("?" * len(ids))
+    def lookup(self, probe: Probe) -> Found:
+        by_source: dict[str, list[str]] = {}
+        for source, guid in probe.guids:
+            by_source.setdefault(source, []).append(guid)
+        known: dict[tuple[str, str], str] = {}
+        for source, guids in by_source.items():
+            for chunk in _chunks(guids):
+                query = f"SELECT guid, story_id FROM guids WHERE source = ? AND guid IN ({_marks(chunk)})"
+                known.update(((source, guid), story_id) for guid, story_id in self.db.execute(query, (source, *chunk)))
+        by_key: dict[str, list[str]] = {}
+        for chunk in _chunks(probe.keys):
+            for key, story_id in self.db.execute(f"SELECT key, story_id FROM story_keys WHERE key IN ({_marks(chunk)})", chunk):
+                by_key.setdefault(key, []).append(story_id)
+        by_band_seq: dict[int, list[int]] = {}
+        since = to_epoch(probe.since)
+        for chunk in _chunks(probe.bands):
+            query = f"SELECT band, seq FROM story_bands WHERE band IN ({_marks(chunk)}) AND first_seen >= ?"
+            for band, seq in self.db.execute(query, (*chunk, since)):
+                by_band_seq.setdefault(band, []).append(seq)
+        rows: dict[str, sqlite3.Row] = {}
+        seqs = sorted({seq for found in by_band_seq.values() for seq in found})
+        for chunk in _chunks(seqs):
+            rows.update((r["id"], r) for r in self.db.execute(f"{_CANDIDATE} WHERE seq IN ({_marks(chunk)})", chunk))
+        wanted = sorted(({i for ids in by_key.values() for i in ids} | set(known.values())) - rows.keys())
+        for chunk in _chunks(wanted):
+            rows.update((r["id"], r) for r in self.db.execute(f"{_CANDIDATE} WHERE id IN ({_marks(chunk)})", chunk))
+        seq_ids = {r["seq"]: story_id for story_id, r in rows.items()}
+        candidate_ids = sorted({i for ids in by_key.values() for i in ids} | set(seq_ids.values()))
         keys: dict[str, list[str]] = {}
-        for r in self.db.execute(f"SELECT story_id, key FROM story_keys WHERE story_id IN ({marks})", tuple(ids)):
-            keys.setdefault(r[0], []).append(r[1])
-        return [
-            Candidate(
-                r["id"],
+        for chunk in _chunks(candidate_ids):
+            for story_id, key in self.db.execute(f"SELECT story_id, key FROM story_keys WHERE story_id IN ({_marks(chunk)})", chunk):
+                keys.setdefault(story_id, []).append(key)
+        candidates = {
+            i: Candidate(
+                i,
                 r["source"],
                 r["title"],
                 r["cluster_id"],
                 r["exact_cluster_id"],
-                tuple(keys.get(r["id"], ())),
+                tuple(keys.get(i, ())),
                 _unpack(r["shingles"]),
                 r["words"],
             )
-            for r in self.db.execute(
-                f"SELECT id, source, title, cluster_id, exact_cluster_id, shingles, words FROM stories WHERE id IN ({marks}) ORDER BY id",
-                tuple(ids),
+            for i in candidate_ids
+            if (r := rows.get(i)) is not None
+        }
+        clusters = sorted({c.cluster_id for c in candidates.values()} | {c.exact_cluster_id for c in candidates.values()})
+        leads: dict[int, LeadInfo] = {}
+        first_times: dict[int, datetime] = {}
+        for chunk in _chunks(clusters):
+            query = (
+                "SELECT c.id AS cluster, c.first_time, s.id, s.source, s.words, COALESCE(s.published, s.first_seen) AS t "
+                f"FROM clusters c JOIN stories s ON s.id = c.lead WHERE c.id IN ({_marks(chunk)})"
             )
-        ]
-
-    def _new_cluster(self, kind: str, story: Story) -> int:
-        atom_id = "urn:feeds:" + stable_hash(kind, story.id, size=16)
-        cursor = self.db.execute(
-            "INSERT INTO clusters (kind, atom_id, lead, created, first_time) VALUES (?, ?, ?, ?, ?)",
-            (kind, atom_id, story.id, to_epoch(story.first_seen), to_epoch(story.when)),
+            for r in self.db.execute(query, chunk):
+                leads[r["cluster"]] = LeadInfo(r["id"], r["source"], r["words"], from_epoch(r["t"]))  # type: ignore[arg-type]
+                if r["first_time"] is not None:
+                    first_times[r["cluster"]] = from_epoch(r["first_time"])  # type: ignore[assignment]
+        return Found(
+            known=known,
+            stamps={
+                i: Stamps(from_epoch(r["first_seen"]), from_epoch(r["published"]), from_epoch(r["updated"]), r["content_hash"])  # type: ignore[arg-type]
+                for i, r in rows.items()
+            },
+            candidates=candidates,
+            by_key={k: tuple(v) for k, v in by_key.items()},
+            by_band={band: tuple(seq_ids[s] for s in found if s in seq_ids) for band, found in by_band_seq.items()},
+            leads=leads,
+            first_times=first_times,
         )
-        return int(cursor.lastrowid or 0)
 
-    def _refresh_first_time(self, story_id: str) -> None:
-        """Recompute when the clusters of a story were first reported (after an edit or a join)."""
-        for column in ("cluster_id", "exact_cluster_id"):
-            self.db.execute(
+    def save(self, plan: Plan) -> None:
+        db = self.db
+        next_cluster = int(db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM clusters").fetchone()[0])
+        ids = {c.ref: next_cluster + n for n, c in enumerate(plan.clusters)}
+
+        def real(cluster: int | None) -> int | None:
+            return ids[cluster] if cluster is not None and cluster < 0 else cluster
+
+        db.executemany(
+            "INSERT INTO clusters (id, kind, atom_id, lead, created, first_time) VALUES (?, ?, ?, ?, ?, ?)",
+            [(ids[c.ref], c.kind, c.atom_id, c.lead, to_epoch(c.created), to_epoch(c.first_time)) for c in plan.clusters],
+        )
+        next_seq = int(db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM stories").fetchone()[0])
+        rows: list[tuple[object, ...]] = []
+        bands: list[tuple[int, float | None, int]] = []
+        for n, new in enumerate(plan.stories):
+            story, decision = new.story, new.decision
+            decision = replace(decision, cluster_id=real(decision.cluster_id), exact_cluster_id=real(decision.exact_cluster_id))
+            rows.append(
+                (
+                    next_seq + n,
+                    story.id,
+                    story.source,
+                    to_epoch(story.first_seen),
+                    real(new.cluster),
+                    real(new.exact_cluster),
+                    json.dumps(asdict(decision)),
+                    *_text_row(story, new.fingerprint),
+                )
+            )
+            bands.extend((b, to_epoch(story.first_seen), next_seq + n) for b in new.fingerprint.bands)
+        db.executemany(_INSERT_STORY, rows)
+        db.executemany(
+            "INSERT OR REPLACE INTO guids VALUES (?, ?, ?)",
+            [(n.story.source, n.story.guid, n.story.id) for n in plan.stories] + list(plan.guids),
+        )
+        edited = [(e.story.id,) for e in plan.edits]
+        db.executemany(_EDIT_STORY, [(*_text_row(e.story, e.fingerprint), e.story.id) for e in plan.edits])
+        db.executemany("DELETE FROM story_keys WHERE story_id = ?", edited)
+        db.executemany("DELETE FROM story_bands WHERE seq = (SELECT seq FROM stories WHERE id = ?)", edited)
+        db.executemany(
+            "INSERT OR IGNORE INTO story_keys VALUES (?, ?)",
+            [(k, n.story.id) for n in plan.stories for k in n.fingerprint.keys]
+            + [(k, e.story.id) for e in plan.edits for k in e.fingerprint.keys],
+        )
+        db.executemany(
+            "INSERT OR IGNORE INTO story_bands SELECT ?, ?, seq FROM stories WHERE id = ?",
+            [(b, to_epoch(e.story.first_seen), e.story.id) for e in plan.edits for b in e.fingerprint.bands],
+        )
+        bands.sort()  # in index order: each page is visited once
+        db.executemany("INSERT OR IGNORE INTO story_bands VALUES (?, ?, ?)", bands)
+        db.executemany("UPDATE clusters SET lead = ? WHERE id = ?", [(lead, c) for c, lead in plan.leads.items()])
+        db.executemany("UPDATE clusters SET first_time = ? WHERE id = ?", [(to_epoch(t), c) for c, t in plan.first_times.items()])
+        for column in ("cluster_id", "exact_cluster_id"):  # an edit may move a member's date either way
+            db.executemany(
                 f"UPDATE clusters SET first_time = (SELECT MIN(COALESCE(published, first_seen)) FROM stories "
                 f"WHERE {column} = clusters.id) WHERE id = (SELECT {column} FROM stories WHERE id = ?)",
-                (story_id,),
+                edited,
             )
 
-    def add_story(self, story: Story, fp: Fingerprint, decision: Decision) -> None:
-        cluster_id = decision.cluster_id if decision.cluster_id is not None else self._new_cluster("near", story)
-        exact_id = decision.exact_cluster_id if decision.exact_cluster_id is not None else self._new_cluster("exact", story)
-        columns = {
-            **_content_columns(story, fp),
-            "id": story.id,
-            "source": story.source,
-            "published": to_epoch(story.published),
-            "updated": to_epoch(story.updated),
-            "first_seen": to_epoch(story.first_seen),
-            "cluster_id": cluster_id,
-            "exact_cluster_id": exact_id,
-            "decision": json.dumps(asdict(decision)),
-        }
-        names = ", ".join(columns)
-        self.db.execute(f"INSERT INTO stories ({names}) VALUES ({', '.join('?' * len(columns))})", tuple(columns.values()))
-        self.add_guid(story.source, story.guid, story.id)
-        self._index(story.id, story.first_seen, fp)
-        if decision.cluster_id is not None or decision.exact_cluster_id is not None:
-            self._refresh_first_time(story.id)
-
-    def _index(self, story_id: str, first_seen: datetime, fp: Fingerprint) -> None:
-        self.db.executemany("INSERT OR IGNORE INTO story_keys VALUES (?, ?)", [(k, story_id) for k in fp.keys])
-        seq = self.db.execute("SELECT seq FROM stories WHERE id = ?", (story_id,)).fetchone()[0]
-        self.db.executemany("INSERT OR IGNORE INTO story_bands VALUES (?, ?, ?)", [(b, to_epoch(first_seen), seq) for b in fp.bands])
-
-    def update_story(self, story_id: str, story: Story, fp: Fingerprint) -> None:
-        row = self.db.execute("SELECT first_seen, published, updated, content_hash FROM stories WHERE id = ?", (story_id,)).fetchone()
-        first_seen = from_epoch(row["first_seen"])
-        # A story without a date of its own keeps the one it was first given; an edit without an
-        # updated stamp of its own is stamped when we saw it; an unchanged text keeps its stamp.
-        published = story.published or from_epoch(row["published"])
-        edited = row["content_hash"] != story.content_hash
-        updated = story.updated or (story.first_seen if edited else from_epoch(row["updated"]))
-        columns = {**_content_columns(story, fp), "published": to_epoch(published), "updated": to_epoch(updated)}
-        assignments = ", ".join(f"{name} = ?" for name in columns)
-        self.db.execute(f"UPDATE stories SET {assignments} WHERE id = ?", (*columns.values(), story_id))
-        self._refresh_first_time(story_id)
-        self.db.execute("DELETE FROM story_keys WHERE story_id = ?", (story_id,))
-        self.db.execute("DELETE FROM story_bands WHERE seq = (SELECT seq FROM stories WHERE id = ?)", (story_id,))
-        self._index(story_id, first_seen or story.first_seen, fp)
-
-    def add_guid(self, source: str, guid: str, story_id: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO guids VALUES (?, ?, ?)", (source, guid, story_id))
-
-    def lead(self, cluster_id: int) -> LeadInfo | None:
-        row = self.db.execute(
-            "SELECT s.id, s.source, s.words, COALESCE(s.published, s.first_seen) AS t FROM clusters c "
-            "JOIN stories s ON s.id = c.lead WHERE c.id = ?",
-            (cluster_id,),
-        ).fetchone()
-        if row is None:
-            return None
-        return LeadInfo(row["id"], row["source"], row["words"], from_epoch(row["t"]))  # type: ignore[arg-type]
-
-    def set_lead(self, cluster_id: int, story_id: str) -> None:
-        self.db.execute("UPDATE clusters SET lead = ? WHERE id = ?", (story_id, cluster_id))
-
-    def save_state(self, state: SourceState) -> None:
-        _save_state(self.db, state)
+    def save_states(self, states: Sequence[SourceState]) -> None:
+        self.db.executemany(_SAVE_STATE, [_state_row(s) for s in states])
