@@ -7,6 +7,7 @@ on; an unexpected exception is logged with its traceback and recorded on the sou
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
@@ -134,9 +135,10 @@ def _poll_cycle(
     progress: Callable[[int, int, PollOutcome], None] | None,
     runner: Runner,
 ) -> list[PollOutcome]:
-    """Fetch (threads) -> prepare (worker processes, several sources at once) -> store (this
-    thread, up to STORY_BATCH sources per transaction). Fetches run only as far ahead as
-    preparing keeps up."""
+    """Fetch (threads) -> prepare (worker processes, several sources at once) -> store (a writer
+    thread, up to STORY_BATCH sources per transaction, while the workers prepare the next ones).
+    Fetches run only as far ahead as preparing keeps up, and preparing only as far ahead as
+    storing does (bounded queues all the way)."""
     plan = due_sources(settings, store, now=now, force=force, names=names)
     sources = {state.name: (source, state) for source, state in plan}
     fetched: dict[str, FetchResult] = {}
@@ -144,12 +146,23 @@ def _poll_cycle(
     results = fetcher.fetch_many(state for _, state in plan)
     options = Options(settings.max_entries, settings.dedupe)
     states_only: list[SourceState] = []  # polls that store nothing but a state: saved in batches
-    batch: list[tuple[Source, SourceState, FetchResult, Prepared]] = []  # prepared, not yet stored
+    batch: list[tuple[Source, SourceState, FetchResult, Prepared]] = []  # prepared, not yet handed to the writer
+    writes: queue.Queue[list[tuple[Source, SourceState, FetchResult, Prepared]] | None] = queue.Queue(maxsize=2)
+    reporting = threading.Lock()
 
     def done(outcome: PollOutcome) -> None:
-        outcomes.append(outcome)
-        if progress is not None:
-            progress(len(outcomes), len(plan), outcome)
+        with reporting:
+            outcomes.append(outcome)
+            if progress is not None:
+                progress(len(outcomes), len(plan), outcome)
+
+    def writer() -> None:
+        while (work := writes.get()) is not None:
+            try:
+                for outcome in _store_batch(settings, store, work, now=now):
+                    done(outcome)
+            except Exception:  # _store_batch never raises; should it, the cycle must not hang
+                log.exception("batch-not-stored sources=%d", len(work))
 
     def calls() -> Iterator[tuple[str, tuple[Any, ...]]]:
         for state, result in results:
@@ -172,24 +185,27 @@ def _poll_cycle(
             if len(states_only) >= STATE_BATCH:
                 _save_states(store, states_only)
 
-    def store_batch() -> None:
-        for outcome in _store_batch(settings, store, batch, now=now):
-            done(outcome)
-        batch.clear()
-
-    for name, prepared in runner.imap(prepare, calls()):
-        if stop is not None and stop.is_set():
-            # Sources not yet stored keep their state: they are due again on the next run.
-            log.info("poll-abandoned done=%d left=%d reason=shutdown", len(outcomes) + len(batch), len(plan) - len(outcomes))
-            break
-        source, state = sources[name]
-        if isinstance(prepared, Prepared):
-            batch.append((source, state, fetched.pop(name), prepared))
-            if len(batch) >= STORY_BATCH:
-                store_batch()
-        else:
-            done(store_prepared(settings, store, source, state, fetched.pop(name), prepared=prepared, now=now))
-    store_batch()
+    thread = threading.Thread(target=writer, name="feeds-store", daemon=True)
+    thread.start()
+    try:
+        for name, prepared in runner.imap(prepare, calls()):
+            if stop is not None and stop.is_set():
+                # Sources not yet stored keep their state: they are due again on the next run.
+                log.info("poll-abandoned left=%d reason=shutdown", len(plan) - len(outcomes) - len(batch))
+                break
+            source, state = sources[name]
+            if isinstance(prepared, Prepared):
+                batch.append((source, state, fetched.pop(name), prepared))
+                if len(batch) >= STORY_BATCH:
+                    writes.put(batch)
+                    batch = []
+            else:
+                done(store_prepared(settings, store, source, state, fetched.pop(name), prepared=prepared, now=now))
+    finally:
+        if batch:
+            writes.put(batch)
+        writes.put(None)
+        thread.join()
     _save_states(store, states_only)
     if any(o.new for o in outcomes):
         prune(settings, store, now=now)

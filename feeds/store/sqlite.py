@@ -14,8 +14,9 @@ import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from contextlib import contextmanager
-from dataclasses import asdict, replace
+from dataclasses import fields, replace
 from datetime import datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -23,6 +24,7 @@ from feeds.errors import StoreError
 from feeds.models import (
     Candidate,
     Cluster,
+    Decision,
     Fingerprint,
     Found,
     LeadInfo,
@@ -465,6 +467,7 @@ _INSERT_STORY = (
     f"INSERT INTO stories (seq, id, source, first_seen, cluster_id, exact_cluster_id, decision, {', '.join(TEXT_COLUMNS)}) "
     f"VALUES ({_marks(range(7 + len(TEXT_COLUMNS)))})"
 )
+_DECISION_FIELDS = tuple(f.name for f in fields(Decision))
 _EDIT_STORY = f"UPDATE stories SET {', '.join(f'{c} = ?' for c in TEXT_COLUMNS)} WHERE id = ?"
 _CANDIDATE = (
     "SELECT seq, id, source, title, cluster_id, exact_cluster_id, shingles, words, first_seen, published, updated, content_hash "
@@ -567,19 +570,20 @@ class _Transaction:
         for n, new in enumerate(plan.stories):
             story, decision = new.story, new.decision
             decision = replace(decision, cluster_id=real(decision.cluster_id), exact_cluster_id=real(decision.exact_cluster_id))
+            seq, first_seen = next_seq + n, to_epoch(story.first_seen)
             rows.append(
                 (
-                    next_seq + n,
+                    seq,
                     story.id,
                     story.source,
-                    to_epoch(story.first_seen),
+                    first_seen,
                     real(new.cluster),
                     real(new.exact_cluster),
-                    json.dumps(asdict(decision)),
+                    json.dumps({f: getattr(decision, f) for f in _DECISION_FIELDS}),
                     *_text_row(story, new.fingerprint),
                 )
             )
-            bands.extend((b, to_epoch(story.first_seen), next_seq + n) for b in new.fingerprint.bands)
+            bands.extend([(b, first_seen, seq) for b in new.fingerprint.bands])
         db.executemany(_INSERT_STORY, rows)
         db.executemany(
             "INSERT OR REPLACE INTO guids VALUES (?, ?, ?)",
@@ -598,7 +602,7 @@ class _Transaction:
             "INSERT OR IGNORE INTO story_bands SELECT ?, ?, seq FROM stories WHERE id = ?",
             [(b, to_epoch(e.story.first_seen), e.story.id) for e in plan.edits for b in e.fingerprint.bands],
         )
-        bands.sort()  # in index order: each page is visited once
+        bands.sort(key=itemgetter(0))  # in index order: each page is visited once
         db.executemany("INSERT OR IGNORE INTO story_bands VALUES (?, ?, ?)", bands)
         db.executemany("UPDATE clusters SET lead = ? WHERE id = ?", [(lead, c) for c, lead in plan.leads.items()])
         db.executemany("UPDATE clusters SET first_time = ? WHERE id = ?", [(to_epoch(t), c) for c, t in plan.first_times.items()])
