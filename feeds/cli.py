@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from feeds import __version__
 from feeds.config import DEFAULT_PATH, load_settings
-from feeds.errors import ConfigError, FeedsError
+from feeds.errors import ConfigError, FeedsError, StoreError
 from feeds.fetch import Fetcher
 from feeds.metrics import StoreCollector, exposition
 from feeds.models import PollOutcome, Settings, SourceState
@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     sources_verbs = sources.add_subparsers(dest="sources_verb", required=True, metavar="ACTION")
     reset = sources_verbs.add_parser("reset", parents=[common], help="forget a source's state (resumes a gone source)")
     reset.add_argument("names", nargs="+", metavar="SOURCE")
+    migrate = verbs.add_parser("migrate", parents=[common], help="copy a whole store into a new, empty one (e.g. SQLite to PostgreSQL)")
+    migrate.add_argument("--from", dest="source", required=True, metavar="URL", help="the store to copy, e.g. sqlite:///feeds.db")
+    migrate.add_argument("--to", dest="target", required=True, metavar="URL", help="the new store, e.g. postgresql://feeds@db/feeds")
     return parser
 
 
@@ -95,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler.addFilter(RepeatFilter())
     logging.basicConfig(level=level, handlers=[handler])
     logging.getLogger("apscheduler").setLevel(max(level, logging.WARNING))
+    if args.verb == "migrate":
+        return _migrate(args.source, args.target)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
@@ -123,6 +128,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         return USAGE
     finally:
         store.close()
+
+
+def _migrate(source_url: str, target_url: str) -> int:
+    """`feeds migrate`: every row of one store into a new, empty one, all or nothing."""
+    from feeds.store.sql import SQLStore, copy_store
+
+    stores: list[Store] = []
+    try:
+        source = open_store(source_url, base=Path.cwd(), must_exist=True)
+        stores.append(source)
+        target = open_store(target_url, base=Path.cwd())
+        stores.append(target)
+        if not isinstance(source, SQLStore) or not isinstance(target, SQLStore):
+            raise StoreError("migrate copies between SQL stores")
+        live = sys.stderr.isatty()
+
+        def progress(table: str, rows: int) -> None:
+            if live:
+                print(f"\r{table}: {rows:,} rows", end="", file=sys.stderr, flush=True)
+
+        copied = copy_store(source, target, progress=progress)
+    except FeedsError as exc:
+        _print(f"feeds: {exc}", file=sys.stderr)
+        return FAILED
+    finally:
+        for store in stores:
+            store.close()
+    if live:
+        print(file=sys.stderr)
+    _print(
+        f"copied {copied['stories']:,} stories, {copied['clusters']:,} clusters and {copied['sources']:,} sources; "
+        "the source store is unchanged"
+    )
+    return OK
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int:

@@ -7,6 +7,7 @@ follow. Nothing here polls or writes.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import fields
 from datetime import timedelta
@@ -434,7 +435,7 @@ def _settings(model: _Config, path: Path) -> Settings:
     base_url = model.base_url if model.base_url.endswith("/") else model.base_url + "/"
     return Settings(
         path=path,
-        storage=model.storage,
+        storage=os.environ.get("FEEDS_STORAGE") or model.storage,  # keeps a DSN's secrets out of the YAML
         publish_dir=(publish_dir if publish_dir.is_absolute() else base / publish_dir).resolve(),
         base_url=base_url,
         sources=sources,

@@ -27,6 +27,7 @@ from feeds.workers import Inline, Runner, WorkerDiedError, WorkerTimeoutError
 log = logging.getLogger(__name__)
 STATE_BATCH = 200  # states of polls that stored nothing else, saved per transaction
 STORY_BATCH = 25  # sources whose new stories are stored per transaction
+CLAIM = 250  # sources a worker claims at a time from a shared store
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,17 +80,26 @@ def due_sources(
     settings: Settings, store: Store, *, now: datetime, force: bool = False, names: Collection[str] = ()
 ) -> list[tuple[Source, SourceState]]:
     """The configured sources to poll now, with their states."""
+    return _claim(settings, store, now=now, force=force, names=names, limit=None)[0]
+
+
+def _claim(
+    settings: Settings, store: Store, *, now: datetime, force: bool, names: Collection[str], limit: int | None
+) -> tuple[list[tuple[Source, SourceState]], int]:
+    """Due sources (claimed, on a shared store), in config order, and how many rows the store
+    gave (some may be left out: no longer configured, not asked for)."""
     sync_sources(settings, store)
     configured = _index(settings).by_name
     plan = []
-    for stored in store.due(now, force=force):
+    claimed = store.due(now, force=force, limit=limit)
+    for stored in claimed:
         order, source = configured.get(stored.name, (0, None))
         if source is None or (names and source.name not in names):
             continue  # a source no longer configured, or not asked for
         state = policy.reconcile(stored, source)
         if policy.is_due(state, now=now, force=force):
             plan.append((order, source, state))
-    return [(source, state) for _, source, state in sorted(plan, key=lambda p: p[0])]
+    return [(source, state) for _, source, state in sorted(plan, key=lambda p: p[0])], len(claimed)
 
 
 def poll_due(
@@ -109,28 +119,40 @@ def poll_due(
     """Poll every due source once (fetches run in parallel); return what each poll did.
     `progress(done, total, outcome)` is told after each source.
 
-    The cycle holds the store's poll lock, so processes sharing a store never poll one source
-    twice: a lock held by another process is waited for `lock_wait` seconds; if it is still
-    held, nothing is polled (`skip_if_busy`, the daemon's next tick comes soon) or StoreError."""
+    On a store of one poller (SQLite) the cycle holds the store's poll lock, so processes
+    sharing it never poll one source twice: a lock held by another process is waited for
+    `lock_wait` seconds; if it is still held, nothing is polled (`skip_if_busy`, the daemon's
+    next tick comes soon) or StoreError. On a shared store (PostgreSQL) workers claim sources in
+    chunks of CLAIM until none is left, and release their claims when the cycle ends."""
     with store.poll_lock(wait=lock_wait) as locked:
         if not locked:
             if not skip_if_busy:
                 raise StoreError(f"another feeds process has been polling this store for {lock_wait:.0f}s; try again later")
             log.info("poll-skipped reason=another process is polling this store")
             return []
-        return _poll_cycle(
-            settings, store, fetcher, now=now, force=force, names=names, stop=stop, progress=progress, runner=runner or Inline()
-        )
+        run = runner or Inline()
+        if not store.shared:
+            plan = due_sources(settings, store, now=now, force=force, names=names)
+            return _poll_cycle(settings, store, fetcher, plan, now=now, stop=stop, progress=progress, runner=run)
+        outcomes: list[PollOutcome] = []
+        try:
+            while not (stop is not None and stop.is_set()):
+                plan, claimed = _claim(settings, store, now=now, force=force, names=names, limit=CLAIM)
+                if not claimed:
+                    break
+                outcomes += _poll_cycle(settings, store, fetcher, plan, now=now, stop=stop, progress=progress, runner=run)
+        finally:
+            store.release()
+        return outcomes
 
 
 def _poll_cycle(
     settings: Settings,
     store: Store,
     fetcher: Fetcher,
+    plan: Sequence[tuple[Source, SourceState]],
     *,
     now: datetime,
-    force: bool,
-    names: Collection[str],
     stop: threading.Event | None,
     progress: Callable[[int, int, PollOutcome], None] | None,
     runner: Runner,
@@ -139,7 +161,6 @@ def _poll_cycle(
     thread, up to STORY_BATCH sources per transaction, while the workers prepare the next ones).
     Fetches run only as far ahead as preparing keeps up, and preparing only as far ahead as
     storing does (bounded queues all the way)."""
-    plan = due_sources(settings, store, now=now, force=force, names=names)
     sources = {state.name: (source, state) for source, state in plan}
     fetched: dict[str, FetchResult] = {}
     outcomes: list[PollOutcome] = []

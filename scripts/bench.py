@@ -38,6 +38,7 @@ import time
 from array import array
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -378,16 +379,64 @@ def tree_rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def run_measured(command: list[str], *, cwd: Path) -> tuple[float, float, str]:
-    """(wall seconds, peak memory (PSS) of the process tree in MB, stderr) of one command."""
+def run_measured(command: list[str], *, cwd: Path, copies: int = 1, env: dict[str, str] | None = None) -> tuple[float, float, str]:
+    """(wall seconds, peak memory (PSS) of the process trees in MB, stderr) of `copies` of one
+    command run side by side (worker processes sharing a store)."""
     started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    environment = {**os.environ, **(env or {})}
+    processes = [
+        subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=environment)
+        for _ in range(copies)
+    ]
     peak = 0.0
-    while process.poll() is None:
-        peak = max(peak, tree_rss_mb(process.pid))
+    while any(p.poll() is None for p in processes):
+        peak = max(peak, sum(tree_rss_mb(p.pid) for p in processes if p.poll() is None))
         time.sleep(0.05)
-    _, stderr = process.communicate()
+    stderr = "".join(p.communicate()[1] for p in processes)
     return time.perf_counter() - started, peak, stderr
+
+
+def query(storage: str, work: Path, sql: str) -> Any:
+    """The first column of the first row of `sql` in the benchmark's store (SQLite or PostgreSQL)."""
+    if storage.startswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(storage) as db:
+            row = db.execute(sql).fetchone()
+    else:
+        with sqlite3.connect(work / "feeds.db") as db:
+            row = db.execute(sql).fetchone()
+    return row[0] if row else None
+
+
+def store_bytes(storage: str, work: Path) -> float:
+    """The size of the benchmark's store on disk."""
+    if storage.startswith("postgresql"):
+        tables = "('meta','sources','clusters','stories','guids','story_keys','story_bands','outputs')"
+        sql = (
+            f"SELECT SUM(pg_total_relation_size(c.oid)) FROM pg_class c "
+            f"WHERE c.relname IN {tables} AND c.relnamespace = current_schema()::regnamespace"
+        )
+        return float(query(storage, work, sql) or 0)
+    return float((work / "feeds.db").stat().st_size)
+
+
+class Schema:
+    """A fresh PostgreSQL schema for one benchmark run (dropped after): `url` reaches it."""
+
+    def __init__(self, base: str) -> None:
+        import psycopg
+
+        self.base, self.name = base, f"bench_{os.getpid()}_{int(time.time() * 1000)}"
+        with psycopg.connect(base, autocommit=True) as db:
+            db.execute(f"CREATE SCHEMA {self.name}")
+        self.url = f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{self.name}"
+
+    def drop(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.base, autocommit=True) as db:
+            db.execute(f"DROP SCHEMA {self.name} CASCADE")
 
 
 READER_CHILD = r"""
@@ -404,7 +453,17 @@ reader.close()
 """
 
 
-def bench_cycle(sources: int, entries: int, *, hosts: int, latency_ms: float, repeat: int, with_reader: bool) -> None:
+def bench_cycle(
+    sources: int,
+    entries: int,
+    *,
+    hosts: int,
+    latency_ms: float,
+    repeat: int,
+    with_reader: bool,
+    storage: str | None = None,
+    workers: int = 1,
+) -> None:
     """Poll cycles of feeds (and of lemon24's reader) against one local corpus; print a table."""
     corpus = Corpus(sources, entries)
     server = CorpusServer(corpus, hosts=hosts, latency=latency_ms / 1000)
@@ -413,8 +472,10 @@ def bench_cycle(sources: int, entries: int, *, hosts: int, latency_ms: float, re
     try:
         for attempt in range(repeat):
             work = Path(tempfile.mkdtemp(prefix="feeds-bench-"))
+            schema = Schema(storage) if storage else None
+            url = schema.url if schema else "sqlite:///feeds.db"
             config = work / "feeds.yaml"
-            lines = ["storage: sqlite:///feeds.db", "publish_dir: public", "fetch: {workers: 8, per_host: 2}", "sources:"]
+            lines = [f"storage: '{url}'", "publish_dir: public", "fetch: {workers: 8, per_host: 2}", "sources:"]
             lines += [f"  - {{name: s{i}, url: '{server.url(i)}'}}" for i in range(sources)]
             config.write_text("\n".join(lines) + "\n")
             urls = ",".join(server.url(i) for i in range(sources))
@@ -434,7 +495,9 @@ def bench_cycle(sources: int, entries: int, *, hosts: int, latency_ms: float, re
                     for i in range(0, sources, 10):
                         corpus.version[i] += 1
                 server.hits = 0
-                seconds, peak, stderr = run_measured([sys.executable, "-m", "feeds", "poll", "--force", "-q", "-c", str(config)], cwd=ROOT)
+                seconds, peak, stderr = run_measured(
+                    [sys.executable, "-m", "feeds", "poll", "--force", "-q", "-c", str(config)], cwd=ROOT, copies=workers
+                )
                 if "Traceback" in stderr:
                     raise SystemExit(f"feeds failed during {label!r}:\n{stderr[-3000:]}")
                 if server.hits != sources:
@@ -454,15 +517,23 @@ def bench_cycle(sources: int, entries: int, *, hosts: int, latency_ms: float, re
                     row.setdefault("reader_s", []).append(r_seconds)
                     row.setdefault("reader_mb", []).append(r_peak)
                 if attempt == 0 and label == "first full cycle":
-                    verify(work, corpus)
-                    stored = sqlite3.connect(work / "feeds.db").execute("SELECT COUNT(*) FROM stories").fetchone()[0]
-                    sizes["feeds"] = (work / "feeds.db").stat().st_size / max(stored, 1) / 1024
+                    if workers > 1:  # each worker published what it had seen when its cycle ended
+                        subprocess.run([sys.executable, "-m", "feeds", "publish", "-q", "-c", str(config)], cwd=ROOT, check=True)
+                    verify(work, corpus, url)
+                    stored = query(url, work, "SELECT COUNT(*) FROM stories")
+                    sizes["feeds"] = store_bytes(url, work) / max(stored, 1) / 1024
                     if with_reader:
                         sizes["reader"] = (work / "reader.db").stat().st_size / max(stored, 1) / 1024
             shutil.rmtree(work, ignore_errors=True)
+            if schema is not None:
+                schema.drop()
     finally:
         server.close()
-    print(f"\n{sources} sources x {entries} entries, {hosts} loopback hosts, latency {latency_ms:g} ms, median of {repeat}")
+    where = "PostgreSQL" if storage else "SQLite"
+    print(
+        f"\n{sources} sources x {entries} entries, {hosts} loopback hosts, latency {latency_ms:g} ms, "
+        f"{where}, {workers} worker process{'es' if workers > 1 else ''}, median of {repeat}"
+    )
     print(
         f"{'cycle':<34} {'feeds s':>8} {'feeds/s':>8} {'entries/s':>10} {'peak MB':>8}"
         + (f" {'reader s':>9} {'reader/s':>9} {'peak MB':>8} {'ratio':>6}" if with_reader else "")
@@ -480,14 +551,12 @@ def bench_cycle(sources: int, entries: int, *, hosts: int, latency_ms: float, re
     print("store size per story: " + ", ".join(f"{name} {kb:.1f} KB" for name, kb in sizes.items()))
 
 
-def verify(work: Path, corpus: Corpus) -> None:
+def verify(work: Path, corpus: Corpus, storage: str) -> None:
     """What was measured is what the corpus holds: every story stored, the syndication clustered."""
-    db = sqlite3.connect(work / "feeds.db")
-    stored = db.execute("SELECT COUNT(*) FROM stories").fetchone()[0]
-    groups = db.execute(
-        "SELECT COUNT(*) FROM (SELECT cluster_id FROM stories GROUP BY cluster_id HAVING COUNT(DISTINCT source) > 1)"
-    ).fetchone()[0]
-    db.close()
+    stored = query(storage, work, "SELECT COUNT(*) FROM stories")
+    groups = query(
+        storage, work, "SELECT COUNT(*) FROM (SELECT cluster_id FROM stories GROUP BY cluster_id HAVING COUNT(DISTINCT source) > 1) g"
+    )
     expected = corpus.sources * corpus.entries
     problems = []
     if stored != expected:
@@ -552,6 +621,8 @@ def main() -> int:
     cycle.add_argument("--latency-ms", type=float, default=0.0)
     cycle.add_argument("--repeat", type=int, default=3)
     cycle.add_argument("--no-reader", action="store_true", help="skip lemon24's reader (pip install -e '.[bench]')")
+    cycle.add_argument("--storage", help="a PostgreSQL DSN to store in (a fresh schema per run) instead of SQLite")
+    cycle.add_argument("--workers", type=int, default=1, help="`feeds poll` processes sharing the store (PostgreSQL)")
     due = verbs.add_parser("due")
     due.add_argument("--sizes", default="1000,100000")
     args = parser.parse_args()
@@ -561,7 +632,14 @@ def main() -> int:
         bench_publish([int(s) for s in args.sizes.split(",")])
     elif args.verb == "cycle":
         bench_cycle(
-            args.sources, args.entries, hosts=args.hosts, latency_ms=args.latency_ms, repeat=args.repeat, with_reader=not args.no_reader
+            args.sources,
+            args.entries,
+            hosts=args.hosts,
+            latency_ms=args.latency_ms,
+            repeat=args.repeat,
+            with_reader=not args.no_reader,
+            storage=args.storage,
+            workers=args.workers,
         )
     elif args.verb == "due":
         bench_due([int(s) for s in args.sizes.split(",")])

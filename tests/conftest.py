@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import textwrap
@@ -21,6 +22,10 @@ from feeds.config import load_settings
 from feeds.models import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+# The PostgreSQL tests run against this server (each test in a schema of its own); without it they
+# are skipped, unless FEEDS_REQUIRE_POSTGRESQL=1 (set by .ci/run) makes that a failure.
+POSTGRESQL = os.environ.get("FEEDS_TEST_POSTGRESQL", "")
+REQUIRE_POSTGRESQL = os.environ.get("FEEDS_REQUIRE_POSTGRESQL") == "1"
 DATA = Path(__file__).resolve().parent / "data"
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -186,9 +191,11 @@ def story_item(n: int, *, words: str = "", day: int = 20, link_host: str = "news
     }
 
 
-def write_config(directory: Path, sources: list[dict[str, Any]], *, outputs: str = "", extra: str = "") -> Path:
+def write_config(
+    directory: Path, sources: list[dict[str, Any]], *, outputs: str = "", extra: str = "", storage: str = "sqlite:///feeds.db"
+) -> Path:
     """A config file in `directory` with the given sources; returns its path."""
-    lines = ["storage: sqlite:///feeds.db", "publish_dir: public", "base_url: http://feeds.test/", extra, "sources:"]
+    lines = [f"storage: {storage}", "publish_dir: public", "base_url: http://feeds.test/", extra, "sources:"]
     for source in sources:
         lines.append(f"  - name: {source['name']}")
         for key, value in source.items():
@@ -222,3 +229,32 @@ def run_feeds(*args: str, cwd: Path | None = None, timeout: float = 120) -> subp
     return subprocess.run(
         [sys.executable, "-m", "feeds", *args], check=False, cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+@pytest.fixture
+def postgresql() -> Iterator[str]:
+    """The DSN of a new, empty schema in the test PostgreSQL, dropped after the test."""
+    if not POSTGRESQL:
+        message = "needs PostgreSQL: set FEEDS_TEST_POSTGRESQL=postgresql://user@host:5432/db (.ci/run does)"
+        if REQUIRE_POSTGRESQL:
+            pytest.fail(message)
+        pytest.skip(message)
+    import psycopg
+
+    schema = "feeds_test_" + secrets.token_hex(5)
+    with psycopg.connect(POSTGRESQL, autocommit=True) as db:
+        db.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{POSTGRESQL}{'&' if '?' in POSTGRESQL else '?'}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(POSTGRESQL, autocommit=True) as db:
+            db.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A storage URL of each backend: a new SQLite file, a new PostgreSQL schema."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'feeds.db'}"
+    url: str = request.getfixturevalue("postgresql")
+    return url

@@ -11,6 +11,7 @@ import feedparser
 
 from feeds.dedupe import assign, better_lead, fingerprint, matching_text, plan, probe, similarity
 from feeds.models import Candidate, DedupeSettings, LeadInfo, Plan, Story
+from feeds.store import Store
 from feeds.store.sqlite import SQLiteStore
 from scripts.dedup_eval import run_pipeline, score
 from tests.conftest import DATA, NOW, FeedServer, rss, run_feeds, settings_for
@@ -153,7 +154,7 @@ def test_atom_id_survives_lead_change_and_edits_stay_in_cluster(tmp_path: Path, 
     assert "joined cluster" in explained and "containment" in explained
 
 
-def store_batch(db: SQLiteStore, *stories: Story, priorities: dict[str, int] | None = None) -> Plan:
+def store_batch(db: Store, *stories: Story, priorities: dict[str, int] | None = None) -> Plan:
     """Look up, plan and save stories as one batch (one poll per source), as a cycle does."""
     by_source: dict[str, list[Story]] = {}
     for s in stories:

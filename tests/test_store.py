@@ -43,7 +43,7 @@ def test_version_1_database_migrates_without_losing_anything(tmp_path: Path) -> 
     path = tmp_path / "feeds.db"
     version_1_database(path)
     store = SQLiteStore(path)
-    assert store.schema_version == len(MIGRATIONS) == 3
+    assert store.schema_version == len(MIGRATIONS) == 4
     near = store.clusters(["a", "b"], exact=False, limit=10)
     assert [c.atom_id for c in near] == ["urn:feeds:3", "urn:feeds:1"]  # newest first reported first
     assert [s.id for s in near[0].members] == ["new", "new-copy"]
@@ -53,7 +53,7 @@ def test_version_1_database_migrates_without_losing_anything(tmp_path: Path) -> 
     only_b = store.clusters(["b"], exact=False, limit=10)
     assert [(c.atom_id, [s.id for s in c.members]) for c in only_b] == [("urn:feeds:3", ["new-copy"])]
     store.close()
-    assert SQLiteStore(path).schema_version == 3  # reopening runs nothing twice
+    assert SQLiteStore(path).schema_version == 4  # reopening runs nothing twice
 
 
 def test_newer_and_corrupt_databases_are_refused_with_the_path(tmp_path: Path) -> None:
@@ -132,7 +132,7 @@ def test_version_2_source_states_migrate_into_the_due_query(tmp_path: Path) -> N
         db.execute("INSERT INTO sources VALUES (?, ?, ?, ?)", (state.name, state.status, next_poll, state_to_json(state)))
     db.close()
     store = SQLiteStore(path)
-    assert store.schema_version == 3
+    assert store.schema_version == len(MIGRATIONS)  # 3 moved the due fields into columns; 4 added leases
     assert sorted(s.name for s in store.due(now)) == ["due", "never"]
     assert sorted(s.name for s in store.due(now, force=True)) == ["due", "later", "never"]  # never gone, never throttled
     later = {s.name: s for s in store.due(now + timedelta(hours=3))}

@@ -1,4 +1,4 @@
-"""Storage behind one protocol: SQLite (embedded default) now, PostgreSQL next.
+"""Storage behind one protocol: SQLite (the embedded default) and PostgreSQL (many workers).
 
 The contract every backend keeps:
 
@@ -11,13 +11,17 @@ The contract every backend keeps:
   whole batch) -> `tx.save(plan)` and `tx.save_states(states)` (executemany), commit;
   `save_states` alone for polls that stored nothing else. Reads for outputs (`clusters`) are
   one query for the ids and one for the members.
-- **Cluster assignment is serialized.** A transaction holds the store's write lock from lookup
-  to commit, so what `lookup` found is still true when `save` applies the plan (SQLite: BEGIN
-  IMMEDIATE, one writer at a time). Surrogate ids (cluster ids, story sequence numbers) are
-  given out by the store inside that lock.
-- **Threads.** A store object may be called from any thread; the backend serializes calls on
-  its connection (SQLite: one connection behind a lock; reads run outside write transactions
-  in WAL mode and see the last commit).
+- **Cluster assignment is serialized.** A transaction holds the store's assignment lock from
+  lookup to commit, so what `lookup` found is still true when `save` applies the plan (SQLite:
+  BEGIN IMMEDIATE, one writer at a time; PostgreSQL: a transaction advisory lock, across every
+  worker). Surrogate ids (cluster ids, story sequence numbers) are given out by the store
+  inside that lock.
+- **Who polls what.** A store of one poller (`shared = False`, SQLite) lets one poll cycle run
+  at a time (`poll_lock`) and `due` only reads. A shared store (PostgreSQL) lets workers poll
+  side by side: `due` claims sources with a lease that `release` (or its end) gives up.
+- **Threads.** A store object may be called from any thread (SQLite: one connection behind a
+  lock, reads outside write transactions see the last commit in WAL mode; PostgreSQL: a
+  connection pool, a connection per call).
 - **Errors.** Every backend error leaves as `StoreError` naming the database, never as a
   driver exception; a failed transaction is rolled back whole.
 """
@@ -60,12 +64,15 @@ STORE_MARKER = ".feeds-store"  # written into the publish directory: outputs the
 class Store(Protocol):
     """Everything the pipeline keeps: source states, stories, clusters, published outputs."""
 
+    shared: bool  # several worker processes claim sources from it (leases); else one poller at a time
+
     def close(self) -> None: ...
     def check(self) -> None: ...
     def poll_lock(self, *, wait: float) -> AbstractContextManager[bool]: ...
     def transaction(self) -> AbstractContextManager[PollTransaction]: ...
     def states(self) -> dict[str, SourceState]: ...
-    def due(self, now: datetime, *, force: bool = False) -> list[SourceState]: ...
+    def due(self, now: datetime, *, force: bool = False, limit: int | None = None) -> list[SourceState]: ...
+    def release(self) -> None: ...
     def configured_urls(self) -> dict[str, str | None]: ...
     def save_state(self, state: SourceState) -> None: ...
     def save_states(self, states: Sequence[SourceState]) -> None: ...
@@ -94,7 +101,11 @@ def open_store(url: str, *, base: Path, must_exist: bool = False) -> Store:
                 "in the publish directory says so); restore it, or delete that file to start a new, empty store"
             )
         return SQLiteStore(path)
-    raise StoreError(f"storage {url!r}: unsupported (use sqlite:///path/to/feeds.db)")
+    if url.startswith(("postgresql://", "postgres://")):
+        from feeds.store.postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise StoreError(f"storage {url!r}: unsupported (use sqlite:///path/to/feeds.db or postgresql://user@host:5432/db)")
 
 
 # -- codecs shared by the SQL stores ---------------------------------------------------------

@@ -1,0 +1,182 @@
+"""The store suite, through the Store protocol only, on both backends: a behaviour difference
+between SQLite and PostgreSQL is a failing test. The last tests are PostgreSQL's own: leases
+shared by workers, migrations run once by processes starting together, and cluster assignment
+serialized across real concurrent processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from feeds.errors import StoreError
+from feeds.models import SourceState
+from feeds.store import Store, open_store
+from tests.conftest import NOW
+from tests.test_dedupe import BODY, store_batch, story
+
+
+def opened(storage: str, tmp_path: Path) -> Store:
+    return open_store(storage, base=tmp_path)
+
+
+def state(name: str, **changes: object) -> SourceState:
+    return replace(SourceState(name=name, url=f"https://{name}.example/feed", configured_url=f"https://{name}.example/feed"), **changes)  # type: ignore[arg-type]
+
+
+def test_states_are_saved_and_due_is_a_query(storage: str, tmp_path: Path) -> None:
+    store = opened(storage, tmp_path)
+    store.save_states(
+        [
+            state("new"),
+            state("due", status="ok", next_poll=NOW - timedelta(minutes=1)),
+            state("later", status="ok", next_poll=NOW + timedelta(hours=1)),
+            state("gone", status="gone"),
+            state("held", status="failing", next_poll=NOW - timedelta(minutes=1), retry_after=NOW + timedelta(hours=2)),
+        ]
+    )
+    store.save_state(state("due", status="ok", next_poll=NOW - timedelta(minutes=2), etag='"v2"'))  # replaces
+    assert set(store.states()) == {"new", "due", "later", "gone", "held"}
+    assert store.states()["due"].etag == '"v2"' and store.states()["held"].retry_after == NOW + timedelta(hours=2)
+    assert store.configured_urls()["later"] == "https://later.example/feed"
+    assert sorted(s.name for s in store.due(NOW)) == ["due", "new"]
+    store.release()
+    assert sorted(s.name for s in store.due(NOW, force=True)) == ["due", "later", "new"]  # never gone, never inside Retry-After
+    store.release()
+    store.close()
+
+
+def test_meta_and_output_digests(storage: str, tmp_path: Path) -> None:
+    store = opened(storage, tmp_path)
+    assert store.meta("k") is None and store.output_digest("all") is None
+    store.set_meta("k", "1")
+    store.set_meta("k", "2")
+    store.save_output("all", "abc", now=NOW)
+    store.save_output("all", "def", now=NOW)
+    assert store.meta("k") == "2" and store.output_digest("all") == "def"
+    store.close()
+
+
+def test_batches_cluster_copies_keep_edits_and_limit_outputs_to_their_sources(storage: str, tmp_path: Path) -> None:
+    store = opened(storage, tmp_path)
+    excerpt = story("e", f"<p>{BODY[:200]}</p>", source="blog")
+    full = story("f", f"<p>WIRE -- {BODY}</p>", source="wire")
+    other = story("x", "<p>" + " ".join(f"unrelated{i}" for i in range(40)) + "</p>", source="wire")
+    assert store_batch(store, excerpt, full, other).counts == ((1, 0), (2, 0))
+    assert store_batch(store, excerpt, full, other).counts == ((0, 0), (0, 0))  # known by guid: nothing changes
+    near = store.clusters(["blog", "wire"], exact=False, limit=10)
+    assert [[m.id for m in c.members] for c in near] == [["f", "e"], ["x"]] or [[m.id for m in c.members] for c in near] == [
+        ["x"],
+        ["f", "e"],
+    ]
+    merged = next(c for c in near if len(c.members) == 2)
+    assert merged.lead.id == "f" and store.cluster_count() == 2
+    assert len(store.clusters(["blog", "wire"], exact=True, limit=10)) == 3  # near copies stay apart in exact outputs
+    only_blog = store.clusters(["blog"], exact=False, limit=10)
+    assert [(c.atom_id, c.lead.id) for c in only_blog] == [(merged.atom_id, "e")]  # the lead's source is left out: e leads there
+    assert store.story_counts() == {"blog": 1, "wire": 2}
+    explained = store.stored_story("e")
+    assert explained is not None and explained.decision["kind"] == "new"
+    joined = store.stored_story("f")
+    assert joined is not None and joined.decision["kind"] == "near" and joined.cluster_id == merged.id
+    # An edit: same guid, new text; the first stamps stay, the updated stamp is when it was seen.
+    later = NOW + timedelta(hours=1)
+    edited = replace(full, first_seen=later, summary_html=f"<p>WIRE -- {BODY} Update.</p>", content_hash="v2")
+    assert store_batch(store, edited).counts == ((0, 1),)
+    kept = store.stored_story("f")
+    assert kept is not None and kept.story.first_seen == NOW and kept.story.updated == later and kept.cluster_id == merged.id
+    store.close()
+
+
+def test_a_failed_transaction_saves_nothing(storage: str, tmp_path: Path) -> None:
+    store = opened(storage, tmp_path)
+    with pytest.raises(RuntimeError), store.transaction() as tx:
+        tx.save_states([state("a")])
+        raise RuntimeError("the batch failed half way")
+    assert store.states() == {}
+    store.close()
+
+
+def test_band_rows_outside_the_window_are_pruned(storage: str, tmp_path: Path) -> None:
+    store = opened(storage, tmp_path)
+    store_batch(store, story("old", f"<p>{BODY}</p>"))
+    assert store.prune_index(before=NOW - timedelta(days=1)) == 0
+    assert store.prune_index(before=NOW + timedelta(seconds=1)) == 64
+    assert store.story_counts() == {"a": 1}  # stories stay
+    store.close()
+
+
+def test_backend_errors_leave_as_store_errors(storage: str, tmp_path: Path) -> None:
+    store = opened(storage, tmp_path)
+    store.close()
+    with pytest.raises(StoreError):
+        store.story_counts()
+
+
+# -- PostgreSQL: workers sharing one database ---------------------------------------------------
+
+
+def test_workers_claim_disjoint_sources_and_leases_end(postgresql: str) -> None:
+    first, second = open_store(postgresql, base=Path()), open_store(postgresql, base=Path())
+    first.save_states([state(f"s{i}") for i in range(5)])
+    mine = {s.name for s in first.due(NOW, limit=3)}
+    theirs = {s.name for s in second.due(NOW)}
+    assert len(mine) == 3 and theirs == {f"s{i}" for i in range(5)} - mine  # SKIP LOCKED and leases: no source twice
+    assert first.due(NOW) == [] and second.due(NOW) == []
+    first.release()  # a clean shutdown gives its sources back at once
+    assert {s.name for s in second.due(NOW)} == mine
+    # A worker killed with kill -9 never releases: its claims end with the lease.
+    assert first.due(NOW + timedelta(minutes=5)) == []
+    assert {s.name for s in first.due(NOW + timedelta(minutes=11))} == {f"s{i}" for i in range(5)}
+    first.close()
+    second.close()
+
+
+def test_processes_starting_together_migrate_once(postgresql: str) -> None:
+    versions: list[int] = []
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            store = open_store(postgresql, base=Path())
+            versions.append(store.schema_version)  # type: ignore[attr-defined]
+            store.close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and versions == [4] * 8
+
+
+def _ingest_copies(url: str, source: str, start: threading.Barrier | None, count: int) -> None:
+    store = open_store(url, base=Path())
+    for n in range(count):
+        if start is not None:
+            start.wait(timeout=60)  # a partner that died breaks the barrier instead of hanging the test
+        body = "<p>" + " ".join(f"story{n}word{i}" for i in range(60)) + "</p>"  # a text of its own for each n
+        store_batch(store, story(f"{source}-{n}", body if source == "a" else body.replace("<p>", "<p>WIRE -- "), source=source))
+    store.close()
+
+
+def test_copies_ingested_by_two_processes_at_once_make_one_cluster(postgresql: str) -> None:
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(2)
+    workers = [context.Process(target=_ingest_copies, args=(postgresql, source, start, 10)) for source in ("a", "b")]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+        assert worker.exitcode == 0
+    store = open_store(postgresql, base=Path())
+    clusters = store.clusters(["a", "b"], exact=False, limit=100)
+    assert len(clusters) == 10 and all(len(c.members) == 2 for c in clusters)  # one cluster per story, never two
+    assert store.story_counts() == {"a": 10, "b": 10}
+    store.close()
