@@ -72,7 +72,7 @@ def sync_sources(settings: Settings, store: Store) -> None:
     stored = store.configured_urls()
     fresh = [policy.initial_state(s) for s in settings.sources if stored.get(s.name, "") != s.url]
     if fresh:
-        store.save_states(fresh)
+        store.add_states(fresh)
     store.set_meta("sources_digest", digest)
 
 

@@ -132,6 +132,15 @@ def test_workers_claim_disjoint_sources_and_leases_end(postgresql: str) -> None:
     # A worker killed with kill -9 never releases: its claims end with the lease.
     assert first.due(NOW + timedelta(minutes=5)) == []
     assert {s.name for s in first.due(NOW + timedelta(minutes=11))} == {f"s{i}" for i in range(5)}
+    # A polled source is fenced for a minute: concurrent `poll --force` workers poll it once.
+    first.save_states([state("s0", status="ok", last_poll=NOW + timedelta(minutes=11))])
+    first.release()
+    assert "s0" not in {s.name for s in second.due(NOW + timedelta(minutes=11, seconds=30), force=True)}
+    second.release()
+    assert "s0" in {s.name for s in second.due(NOW + timedelta(minutes=12, seconds=1), force=True)}
+    # A worker reading the config late never resets a source another worker has polled.
+    second.add_states([state("s0"), state("s9")])
+    assert first.states()["s0"].status == "ok" and "s9" in first.states()
     first.close()
     second.close()
 

@@ -203,15 +203,36 @@ def _unpack(blob: bytes | None) -> tuple[int, ...]:
     return tuple(values)
 
 
+FENCE = 60.0  # seconds after a poll during which no worker claims the source again, even with --force
+# A polled state ends its claim and fences the source for FENCE seconds (concurrent `poll --force`
+# workers poll each source once); a state never polled leaves any claim as it is.
 _SAVE_STATE = (
-    "INSERT INTO sources (name, status, next_poll, retry_after, configured_url, state) VALUES (?, ?, ?, ?, ?, ?) "
+    "INSERT INTO sources (name, status, next_poll, retry_after, configured_url, state, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (name) DO UPDATE SET status = excluded.status, next_poll = excluded.next_poll, "
-    "retry_after = excluded.retry_after, configured_url = excluded.configured_url, state = excluded.state"
+    "retry_after = excluded.retry_after, configured_url = excluded.configured_url, state = excluded.state, "
+    "claimed_by = CASE WHEN excluded.lease_until IS NULL THEN sources.claimed_by END, "
+    "lease_until = COALESCE(excluded.lease_until, sources.lease_until)"
+)
+# New sources, and sources whose configured URL changed, start afresh; a source stored with the
+# same URL keeps its state (another worker may have polled it since this one read the config).
+_ADD_STATE = _SAVE_STATE.split(" ON CONFLICT", maxsplit=1)[0] + (
+    " ON CONFLICT (name) DO UPDATE SET status = excluded.status, next_poll = excluded.next_poll, "
+    "retry_after = excluded.retry_after, configured_url = excluded.configured_url, state = excluded.state "
+    "WHERE sources.configured_url IS NULL OR sources.configured_url != excluded.configured_url"
 )
 
 
 def _state_row(state: SourceState) -> tuple[object, ...]:
-    return (state.name, state.status, to_epoch(state.next_poll), to_epoch(state.retry_after), state.configured_url, state_to_json(state))
+    polled = to_epoch(state.last_poll)
+    return (
+        state.name,
+        state.status,
+        to_epoch(state.next_poll),
+        to_epoch(state.retry_after),
+        state.configured_url,
+        state_to_json(state),
+        None if polled is None else polled + FENCE,
+    )
 
 
 def _chunks(values: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
@@ -470,6 +491,12 @@ class SQLStore:
         """Save several sources' states in one transaction."""
         with self._write() as db:
             db.executemany(_SAVE_STATE, [_state_row(s) for s in states])
+
+    def add_states(self, states: Sequence[SourceState]) -> None:
+        """Store the initial states of new sources, and of sources whose configured URL changed;
+        a source already stored with the same URL keeps its state."""
+        with self._write() as db:
+            db.executemany(_ADD_STATE, [_state_row(s) for s in states])
 
     def meta(self, key: str) -> str | None:
         """A value the pipeline remembers in the store (e.g. which config it last synced)."""
