@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--host", help="address to serve on (default: server.host, 127.0.0.1)")
     run.add_argument("--port", type=int, help="port to serve on (default: server.port, 8080)")
     run.add_argument("--no-serve", action="store_true", help="poll and publish only; serve nothing")
+    run.add_argument(
+        "--role",
+        choices=["all", "worker", "publisher"],
+        default="all",
+        help="all: poll and publish (default); worker: poll only; publisher: publish from the store only (PostgreSQL deployments)",
+    )
     serve = verbs.add_parser("serve", parents=[common], help="serve the published files only (for cron setups)")
     serve.add_argument("--host", help="address to serve on (default: server.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to serve on (default: server.port, 8080)")
@@ -180,7 +186,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int
                 runner=runner,
             )
         subscribe = (lambda s, now: subscriber.subscribe_due(s, now=now)) if subscriber else None
-        daemon = Daemon(settings, store, fetcher, announce=announce, subscribe=subscribe, runner=runner)
+        daemon = Daemon(settings, store, fetcher, announce=announce, subscribe=subscribe, runner=runner, role=args.role)
         try:
             if args.no_serve:
                 daemon.run_forever()

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -26,6 +26,9 @@ from feeds.workers import Runner
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
+
+
+Role = Literal["all", "worker", "publisher"]  # what a daemon does: poll and publish, poll only, publish only
 
 
 def utc_now() -> datetime:
@@ -46,8 +49,10 @@ class Daemon:
         announce: Callable[[list[str]], None] | None = None,
         subscribe: Callable[[Store, datetime], object] | None = None,
         runner: Runner | None = None,
+        role: Role = "all",
     ) -> None:
         self.settings = settings
+        self.role = role
         self.store = store
         self.fetcher = fetcher
         self.clock = clock
@@ -62,25 +67,32 @@ class Daemon:
         self._lock = threading.Lock()
 
     def tick(self) -> None:
-        """One cycle: poll what is due; publish if any story is new or changed. Never raises."""
+        """One cycle: poll what is due (role worker or all); publish if any story is new or
+        changed (all), or whenever the store holds something the outputs do not show yet
+        (publisher: another node polled it; outputs are only rewritten when they changed).
+        Never raises."""
         if not self._lock.acquire(blocking=False):
             return
         try:
             now = self.clock()
             self.store.check()
-            outcomes = poll_due(self.settings, self.store, self.fetcher, now=now, stop=self.stopping, skip_if_busy=True, runner=self.runner)
+            if self.role != "publisher":
+                outcomes = poll_due(
+                    self.settings, self.store, self.fetcher, now=now, stop=self.stopping, skip_if_busy=True, runner=self.runner
+                )
+                # A publish that failed (disk full, directory gone) is retried every tick until it works;
+                # outputs deleted behind our back are written again.
+                self.publish_pending |= any(o.new or o.updated for o in outcomes)
             self.last_tick = now
-            # A publish that failed (disk full, directory gone) is retried every tick until it works;
-            # outputs deleted behind our back are written again.
-            self.publish_pending |= any(o.new or o.updated for o in outcomes)
-            missing = missing_outputs(self.settings)
-            if missing:
-                log.warning("outputs-missing files=%s action=republish", ",".join(missing))
-                self.publish_pending = True
-            if self.publish_pending:
-                self.announce(publish_all(self.settings, self.store, now=self.clock()))
-                self.publish_pending = False
-            if self.subscribe is not None:
+            if self.role != "worker":
+                missing = missing_outputs(self.settings)
+                if missing:
+                    log.warning("outputs-missing files=%s action=republish", ",".join(missing))
+                    self.publish_pending = True
+                if self.publish_pending or self.role == "publisher":
+                    self.announce(publish_all(self.settings, self.store, now=self.clock()))
+                    self.publish_pending = False
+            if self.subscribe is not None and self.role != "publisher":
                 self.subscribe(self.store, self.clock())
             self.error = None
         except FeedsError as exc:
@@ -93,8 +105,9 @@ class Daemon:
             self._lock.release()
 
     def start(self) -> None:
-        """Publish what the store holds, then start ticking in the background."""
-        self.announce(publish_all(self.settings, self.store, now=self.clock()))
+        """Publish what the store holds (unless a worker), then start ticking in the background."""
+        if self.role != "worker":
+            self.announce(publish_all(self.settings, self.store, now=self.clock()))
         self._scheduler.add_job(
             self.tick,
             "interval",

@@ -79,3 +79,42 @@ def test_migrate_moves_an_installation_and_readers_see_no_change(tmp_path: Path,
     assert after == before  # the same entries, ids, leads and stamps, byte for byte
     polled = run_feeds("poll", "--force", "--json", "-c", str(config))
     assert {o["source"]: o["new"] for o in json.loads(polled.stdout)["sources"]} == {"a": 0, "b": 0}  # nothing is new again
+
+
+def test_worker_and_publisher_daemons_on_different_nodes(tmp_path: Path, server: FeedServer, postgresql: str) -> None:
+    import signal
+
+    import psycopg
+    import requests
+
+    from tests.conftest import wait_for
+    from tests.test_server import free_port
+
+    sources = [{"name": "a", "url": server.serve("/a", rss(story_item(1))), "interval": "1m", "min_interval": "1m"}]
+    nodes = {}
+    for role in ("worker", "publisher"):
+        (tmp_path / role).mkdir()
+        nodes[role] = write_config(tmp_path / role, sources, storage=postgresql, extra="tick: 1s")
+    port = free_port()
+    publisher = feeds("run", "--role", "publisher", "--port", str(port), "-c", str(nodes["publisher"]))
+    worker = feeds("run", "--role", "worker", "--no-serve", "-c", str(nodes["worker"]))
+    try:
+
+        def served() -> bytes:
+            try:
+                return requests.get(f"http://127.0.0.1:{port}/all.atom", timeout=5).content
+            except requests.RequestException:
+                return b""
+
+        assert wait_for(lambda: b"Story 1" in served())  # polled by the worker, published by the publisher
+        server.serve("/a", rss(story_item(1), story_item(2)))
+        run_feeds("sources", "reset", "a", "-c", str(nodes["worker"]))
+        assert wait_for(lambda: b"Story 2" in served())
+        assert not (tmp_path / "worker" / "public" / "all.atom").exists()  # a worker publishes nothing
+    finally:
+        for process in (worker, publisher):
+            process.send_signal(signal.SIGTERM)
+        outputs = [p.communicate(timeout=60) for p in (worker, publisher)]
+    assert worker.returncode == 0 and publisher.returncode == 0, [err[-2000:] for _, err in outputs]
+    with psycopg.connect(postgresql) as db:
+        assert db.execute("SELECT COUNT(*) FROM sources WHERE claimed_by IS NOT NULL").fetchone() == (0,)  # released on shutdown

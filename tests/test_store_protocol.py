@@ -132,17 +132,39 @@ def test_workers_claim_disjoint_sources_and_leases_end(postgresql: str) -> None:
     # A worker killed with kill -9 never releases: its claims end with the lease.
     assert first.due(NOW + timedelta(minutes=5)) == []
     assert {s.name for s in first.due(NOW + timedelta(minutes=11))} == {f"s{i}" for i in range(5)}
-    # A polled source is fenced for a minute: concurrent `poll --force` workers poll it once.
-    first.save_states([state("s0", status="ok", last_poll=NOW + timedelta(minutes=11))])
+    # A forced cycle polls each source once, whichever worker polled it since the cycle began.
     first.release()
-    assert "s0" not in {s.name for s in second.due(NOW + timedelta(minutes=11, seconds=30), force=True)}
+    assert "s0" in {s.name for s in second.due(NOW + timedelta(minutes=12), force=True)}  # second's cycle begins
+    assert first.due(NOW + timedelta(minutes=12), force=True) == []  # first's too (second holds everything)
+    second.save_states([state("s0", status="ok", last_poll=NOW, next_poll=NOW + timedelta(hours=1))])  # polled: claim ends
+    assert "s0" not in {s.name for s in first.due(NOW + timedelta(minutes=12), force=True)}  # polled in its cycle
+    first.release()
+    assert "s0" not in {s.name for s in second.due(NOW + timedelta(minutes=12), force=True)}
     second.release()
-    assert "s0" in {s.name for s in second.due(NOW + timedelta(minutes=12, seconds=1), force=True)}
+    assert "s0" in {s.name for s in second.due(NOW + timedelta(minutes=12), force=True)}  # a new cycle
+    second.release()
     # A worker reading the config late never resets a source another worker has polled.
     second.add_states([state("s0"), state("s9")])
     assert first.states()["s0"].status == "ok" and "s9" in first.states()
     first.close()
     second.close()
+
+
+def test_a_lost_database_connection_is_replaced(postgresql: str) -> None:
+    import psycopg
+
+    store = open_store(postgresql, base=Path())
+    store.save_states([state("a")])
+    with psycopg.connect(postgresql, autocommit=True) as admin:  # as a database restart does to every connection
+        killed = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            (f"feeds {store.worker}"[:63],),  # type: ignore[attr-defined]
+        ).fetchall()
+    assert killed
+    assert set(store.states()) == {"a"}  # the pool noticed and connected again: nothing to restart
+    store.save_states([state("b")])
+    assert set(store.states()) == {"a", "b"}
+    store.close()
 
 
 def test_processes_starting_together_migrate_once(postgresql: str) -> None:

@@ -3,8 +3,8 @@
 - **Schema**: the same numbered migrations as SQLite (`feeds.store.sql`), run on open under a
   session advisory lock, so ten processes starting together run each migration exactly once.
 - **Leases**: `due` claims due sources with `SELECT ... FOR UPDATE SKIP LOCKED`, setting
-  `claimed_by` and `lease_until`; a claimed source is polled by its claimer alone. A clean end of
-  a cycle (or a shutdown) releases the claims at once; a worker killed with `kill -9` loses them
+  `claimed_by` and `lease_until`; a claimed source is polled by its claimer alone. Saving its
+  polled state ends the claim; a clean end of a cycle (or a shutdown) releases the rest; a worker killed with `kill -9` loses them
   when the lease ends and another worker takes its sources over.
 - **Cluster assignment** is serialized across workers: every batch transaction takes a
   transaction-level advisory lock before its lookup, so two workers ingesting copies of one
@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta
@@ -87,6 +88,12 @@ class _Connection:
             cursor.executemany(_sql(sql), rows)
         return cursor
 
+    def copy_rows(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        """Rows into a table with COPY: one stream, no statement per row."""
+        with self.connection.cursor() as cursor, cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
 
 def redacted(url: str) -> str:
     """A DSN fit for messages and logs: no password."""
@@ -106,12 +113,14 @@ class PostgresStore(SQLStore):
     def __init__(self, url: str, *, lease: timedelta = LEASE, pool_size: int = POOL_SIZE) -> None:
         self.url, self.name, self.lease = url, redacted(url), lease
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._cycle_started: float | None = None  # when this worker's poll cycle first claimed (its clock)
         try:
             self._pool: ConnectionPool[Any] = ConnectionPool(
                 url.replace("postgres://", "postgresql://", 1),
                 min_size=1,
                 max_size=pool_size,
-                kwargs={"autocommit": True, "row_factory": _rows},
+                kwargs={"autocommit": True, "row_factory": _rows, "application_name": f"feeds {self.worker}"[:63]},
+                check=ConnectionPool.check_connection,  # a connection lost (database restarted) is replaced, not used
                 timeout=30,
                 name="feeds",
                 open=False,
@@ -189,22 +198,29 @@ class PostgresStore(SQLStore):
     # -- leases -------------------------------------------------------------------------------
 
     def due(self, now: datetime, *, force: bool = False, limit: int | None = None) -> list[SourceState]:
-        """Claim up to `limit` sources due at `now` (all but gone ones with `force`) that no other
-        worker holds, never one inside a Retry-After window; they stay this worker's until
-        `release` or the end of the lease."""
+        """Claim up to `limit` sources due at `now` that no other worker holds, never one inside a
+        Retry-After window; they stay this worker's until they are saved polled, `release`, or
+        the end of the lease. With `force`, every source not gone and not polled (by any worker)
+        since this worker's cycle began is due."""
         at = to_epoch(now)
         assert at is not None
+        if self._cycle_started is None:
+            self._cycle_started = time.time()
         query = (
             "UPDATE sources SET claimed_by = ?, lease_until = ? WHERE name IN ("
-            "SELECT name FROM sources WHERE status != 'gone' AND (? OR next_poll IS NULL OR next_poll <= ?) "
+            "SELECT name FROM sources WHERE status != 'gone' "
+            "AND ((? AND (polled_at IS NULL OR polled_at < ?)) OR next_poll IS NULL OR next_poll <= ?) "
             "AND (retry_after IS NULL OR retry_after <= ?) AND (lease_until IS NULL OR lease_until < ?) "
             "ORDER BY next_poll NULLS FIRST LIMIT ? FOR UPDATE SKIP LOCKED) RETURNING state"
         )
+        parameters = (self.worker, at + self.lease.total_seconds(), force, self._cycle_started, at, at, at, limit)
         with self._write() as db:
-            rows = db.execute(query, (self.worker, at + self.lease.total_seconds(), force, at, at, at, limit)).fetchall()
+            rows = db.execute(query, parameters).fetchall()
         return [state_from_json(r[0]) for r in rows]
 
     def release(self) -> None:
-        """Give up every claim of this worker: its sources may be polled by others at once."""
+        """Give up every claim of this worker (its sources may be polled by others at once) and
+        end its cycle."""
+        self._cycle_started = None
         with self._write() as db:
             db.execute("UPDATE sources SET claimed_by = NULL, lease_until = NULL WHERE claimed_by = ?", (self.worker,))

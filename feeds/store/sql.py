@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from contextlib import AbstractContextManager
@@ -136,6 +137,7 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE sources ADD COLUMN claimed_by TEXT;
     ALTER TABLE sources ADD COLUMN lease_until REAL;
+    ALTER TABLE sources ADD COLUMN polled_at REAL;
     """,
 )
 
@@ -203,15 +205,16 @@ def _unpack(blob: bytes | None) -> tuple[int, ...]:
     return tuple(values)
 
 
-FENCE = 60.0  # seconds after a poll during which no worker claims the source again, even with --force
-# A polled state ends its claim and fences the source for FENCE seconds (concurrent `poll --force`
-# workers poll each source once); a state never polled leaves any claim as it is.
+# Saving a polled state (one with a last poll) ends its claim and records when it was saved, by
+# the saving machine's clock (`polled_at`: a forced cycle of a shared store skips sources polled
+# since it began); saving a state never polled leaves any claim as it is.
 _SAVE_STATE = (
-    "INSERT INTO sources (name, status, next_poll, retry_after, configured_url, state, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "INSERT INTO sources (name, status, next_poll, retry_after, configured_url, state, polled_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (name) DO UPDATE SET status = excluded.status, next_poll = excluded.next_poll, "
     "retry_after = excluded.retry_after, configured_url = excluded.configured_url, state = excluded.state, "
-    "claimed_by = CASE WHEN excluded.lease_until IS NULL THEN sources.claimed_by END, "
-    "lease_until = COALESCE(excluded.lease_until, sources.lease_until)"
+    "claimed_by = CASE WHEN excluded.polled_at IS NULL THEN sources.claimed_by END, "
+    "lease_until = CASE WHEN excluded.polled_at IS NULL THEN sources.lease_until END, "
+    "polled_at = COALESCE(excluded.polled_at, sources.polled_at)"
 )
 # New sources, and sources whose configured URL changed, start afresh; a source stored with the
 # same URL keeps its state (another worker may have polled it since this one read the config).
@@ -223,7 +226,6 @@ _ADD_STATE = _SAVE_STATE.split(" ON CONFLICT", maxsplit=1)[0] + (
 
 
 def _state_row(state: SourceState) -> tuple[object, ...]:
-    polled = to_epoch(state.last_poll)
     return (
         state.name,
         state.status,
@@ -231,7 +233,7 @@ def _state_row(state: SourceState) -> tuple[object, ...]:
         to_epoch(state.retry_after),
         state.configured_url,
         state_to_json(state),
-        None if polled is None else polled + FENCE,
+        None if state.last_poll is None else time.time(),
     )
 
 
@@ -300,10 +302,21 @@ TEXT_COLUMNS = (
     "words",
     "shingles",
 )
-_INSERT_STORY = (
-    f"INSERT INTO stories (seq, id, source, first_seen, cluster_id, exact_cluster_id, decision, {', '.join(TEXT_COLUMNS)}) "
-    f"VALUES ({_marks(range(7 + len(TEXT_COLUMNS)))})"
-)
+STORY_COLUMNS = ("seq", "id", "source", "first_seen", "cluster_id", "exact_cluster_id", "decision", *TEXT_COLUMNS)
+
+
+def _insert_new(db: Connection, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    """Insert rows that cannot exist yet (new stories and their index rows): with COPY where the
+    connection has it (PostgreSQL: one stream instead of a statement a row), else executemany."""
+    if not rows:
+        return
+    copy = getattr(db, "copy_rows", None)
+    if copy is not None:
+        copy(table, columns, rows)
+    else:
+        db.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({_marks(columns)})", rows)
+
+
 _DECISION_FIELDS = tuple(f.name for f in fields(Decision))
 _EDIT_STORY = f"UPDATE stories SET {', '.join(f'{c} = ?' for c in TEXT_COLUMNS)} WHERE id = ?"
 _CANDIDATE = (
@@ -420,8 +433,8 @@ class Transaction:
                     *_text_row(story, new.fingerprint),
                 )
             )
-            bands.extend([(b, first_seen, seq) for b in new.fingerprint.bands])
-        db.executemany(_INSERT_STORY, rows)
+            bands.extend([(b, first_seen, seq) for b in dict.fromkeys(new.fingerprint.bands)])
+        _insert_new(db, "stories", STORY_COLUMNS, rows)
         db.executemany(
             "INSERT INTO guids VALUES (?, ?, ?) ON CONFLICT (source, guid) DO UPDATE SET story_id = excluded.story_id",
             [(n.story.source, n.story.guid, n.story.id) for n in plan.stories] + list(plan.guids),
@@ -430,17 +443,19 @@ class Transaction:
         db.executemany(_EDIT_STORY, [(*_text_row(e.story, e.fingerprint), e.story.id) for e in plan.edits])
         db.executemany("DELETE FROM story_keys WHERE story_id = ?", edited)
         db.executemany("DELETE FROM story_bands WHERE seq = (SELECT seq FROM stories WHERE id = ?)", edited)
+        _insert_new(
+            db, "story_keys", ("key", "story_id"), [(k, n.story.id) for n in plan.stories for k in dict.fromkeys(n.fingerprint.keys)]
+        )
         db.executemany(
             "INSERT INTO story_keys VALUES (?, ?) ON CONFLICT DO NOTHING",
-            [(k, n.story.id) for n in plan.stories for k in n.fingerprint.keys]
-            + [(k, e.story.id) for e in plan.edits for k in e.fingerprint.keys],
+            [(k, e.story.id) for e in plan.edits for k in e.fingerprint.keys],
         )
         db.executemany(
             "INSERT INTO story_bands SELECT ?, ?, seq FROM stories WHERE id = ? ON CONFLICT DO NOTHING",
             [(b, to_epoch(e.story.first_seen), e.story.id) for e in plan.edits for b in e.fingerprint.bands],
         )
         bands.sort(key=itemgetter(0))  # in index order: each page is visited once
-        db.executemany("INSERT INTO story_bands VALUES (?, ?, ?) ON CONFLICT DO NOTHING", bands)
+        _insert_new(db, "story_bands", ("band", "first_seen", "seq"), bands)
         db.executemany("UPDATE clusters SET lead = ? WHERE id = ?", [(lead, c) for c, lead in plan.leads.items()])
         db.executemany("UPDATE clusters SET first_time = ? WHERE id = ?", [(to_epoch(t), c) for c, t in plan.first_times.items()])
         for column in ("cluster_id", "exact_cluster_id"):  # an edit may move a member's date either way
@@ -597,11 +612,7 @@ TABLES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("meta", ("key", "value"), ("key",)),
     ("sources", ("name", "status", "next_poll", "retry_after", "configured_url", "state"), ("name",)),
     ("clusters", ("id", "kind", "atom_id", "lead", "created", "first_time"), ("id",)),
-    (
-        "stories",
-        ("seq", "id", "source", "first_seen", "cluster_id", "exact_cluster_id", "decision", *TEXT_COLUMNS),
-        ("seq",),
-    ),
+    ("stories", STORY_COLUMNS, ("seq",)),
     ("guids", ("source", "guid", "story_id"), ("source", "guid")),
     ("story_keys", ("key", "story_id"), ("key", "story_id")),
     ("story_bands", ("band", "first_seen", "seq"), ("band", "first_seen", "seq")),
@@ -620,7 +631,6 @@ def copy_store(source: SQLStore, target: SQLStore, *, progress: Callable[[str, i
     copied: dict[str, int] = {}
     with target._write(assign=True) as db:
         for table, columns, keys in TABLES:
-            insert = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({_marks(columns)})"
             order = ", ".join(keys)
             last: tuple[Any, ...] | None = None
             copied[table] = 0
@@ -634,7 +644,7 @@ def copy_store(source: SQLStore, target: SQLStore, *, progress: Callable[[str, i
                 ]
                 if not rows:
                     break
-                db.executemany(insert, rows)
+                _insert_new(db, table, columns, rows)
                 copied[table] += len(rows)
                 last = tuple(rows[-1][columns.index(k)] for k in keys)
                 if progress is not None:
