@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # Outputs published from a store that is now gone: refuse to start a second, empty one.
         published = (settings.publish_dir / STORE_MARKER).exists()
-        store = open_store(settings.storage, base=settings.path.parent.resolve(), must_exist=published)
+        store = open_store(settings.storage, base=settings.path.parent.resolve(), must_exist=published, lease=settings.lease)
     except FeedsError as exc:
         _print(f"feeds: {exc}", file=sys.stderr)
         return USAGE
@@ -276,7 +276,7 @@ def _fetcher(settings: Settings) -> Fetcher:
 def _store_opener(settings: Settings) -> Callable[[], Store]:
     """Opens a store connection of its own (for server threads); never creates one."""
     base = settings.path.parent.resolve()
-    return lambda: open_store(settings.storage, base=base, must_exist=True)
+    return lambda: open_store(settings.storage, base=base, must_exist=True, lease=settings.lease)
 
 
 def _announcer(settings: Settings, fetcher: Fetcher) -> Callable[[list[str]], None]:

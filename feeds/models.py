@@ -274,6 +274,7 @@ class Settings:
     fetch: FetchSettings = FetchSettings()
     dedupe: DedupeSettings = DedupeSettings()
     tick: timedelta = timedelta(seconds=10)
+    lease: timedelta = timedelta(minutes=10)  # how long a worker's claim on a source lasts (PostgreSQL)
     max_entries: int = 500
     server: ServerSettings = ServerSettings()
     websub: WebSubSettings = WebSubSettings()

@@ -118,3 +118,26 @@ def test_worker_and_publisher_daemons_on_different_nodes(tmp_path: Path, server:
     assert worker.returncode == 0 and publisher.returncode == 0, [err[-2000:] for _, err in outputs]
     with psycopg.connect(postgresql) as db:
         assert db.execute("SELECT COUNT(*) FROM sources WHERE claimed_by IS NOT NULL").fetchone() == (0,)  # released on shutdown
+
+
+def test_a_worker_killed_mid_cycle_loses_its_sources_when_the_lease_ends(tmp_path: Path, server: FeedServer, postgresql: str) -> None:
+    import signal
+    import time
+
+    from tests.conftest import wait_for
+
+    sources = [{"name": f"s{i}", "url": server.serve(f"/s{i}", rss(story_item(i)), delay=3.0)} for i in range(8)]
+    config = write_config(tmp_path, sources, storage=postgresql, extra="lease: 4s")
+    doomed = feeds("poll", "--json", "-c", str(config))
+    assert wait_for(lambda: len(server.hits) >= 2, timeout=30)  # it has claimed its sources and is fetching
+    doomed.send_signal(signal.SIGKILL)
+    doomed.communicate(timeout=30)
+    killed_at = time.monotonic()
+    during = json.loads(run_feeds("poll", "--json", "-c", str(config)).stdout)["sources"]
+    if time.monotonic() - killed_at < 4:
+        assert during == []  # still the dead worker's: nobody polls them twice
+    time.sleep(max(0.0, 4.5 - (time.monotonic() - killed_at)))
+    after = json.loads(run_feeds("poll", "--json", "-c", str(config)).stdout)["sources"]
+    taken_over = during + after
+    assert sorted(o["source"] for o in taken_over) == sorted(s["name"] for s in sources)  # once the lease ended, once each
+    assert all(o["new"] == 1 for o in taken_over)

@@ -88,9 +88,10 @@ class Store(Protocol):
     def save_output(self, name: str, digest: str, *, now: datetime) -> None: ...
 
 
-def open_store(url: str, *, base: Path, must_exist: bool = False) -> Store:
+def open_store(url: str, *, base: Path, must_exist: bool = False, lease: timedelta | None = None) -> Store:
     """Open the store a `storage:` URL names; relative SQLite paths are relative to `base`.
-    With `must_exist`, a missing database is an error instead of a new, empty store."""
+    With `must_exist`, a missing database is an error instead of a new, empty store. `lease`:
+    how long a worker's claims last on a shared store."""
     if url.startswith("sqlite:///"):
         from feeds.store.sqlite import SQLiteStore
 
@@ -105,7 +106,7 @@ def open_store(url: str, *, base: Path, must_exist: bool = False) -> Store:
     if url.startswith(("postgresql://", "postgres://")):
         from feeds.store.postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url) if lease is None else PostgresStore(url, lease=lease)
     raise StoreError(f"storage {url!r}: unsupported (use sqlite:///path/to/feeds.db or postgresql://user@host:5432/db)")
 
 
