@@ -91,7 +91,7 @@ def _claim(
     sync_sources(settings, store)
     configured = _index(settings).by_name
     plan = []
-    claimed = store.due(now, force=force, limit=limit)
+    claimed = store.due(now, force=force, limit=limit, names=names)
     for stored in claimed:
         order, source = configured.get(stored.name, (0, None))
         if source is None or (names and source.name not in names):

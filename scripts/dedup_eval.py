@@ -19,6 +19,7 @@ import re
 import sqlite3
 import sys
 import tempfile
+import threading
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,7 +30,7 @@ from xml.sax.saxutils import escape
 from feeds.config import load_settings
 from feeds.fetch import Fetcher
 from feeds.poll import poll_due
-from feeds.store.sqlite import SQLiteStore
+from feeds.store import open_store
 from feeds.timeutil import parse_rfc3339
 
 
@@ -71,12 +72,16 @@ def feed_xml(outlet: str, items: list[dict[str, str]]) -> str:
     )
 
 
-def run_pipeline(items: list[dict[str, str]], workdir: Path, *, extra_config: str = "") -> dict[str, str]:
-    """Replay the items through the real pipeline; return item id -> predicted cluster id."""
+def run_pipeline(
+    items: list[dict[str, str]], workdir: Path, *, extra_config: str = "", storage: str = "sqlite:///feeds.db", workers: int = 1
+) -> dict[str, str]:
+    """Replay the items through the real pipeline; return item id -> predicted cluster id.
+    With several `workers` (a shared store), they take the items in time order from one queue
+    and poll at once, each with a store connection of its own, as workers sharing one clock do."""
     outlets = sorted({i["source"] for i in items})
     feeds_dir = workdir / "feeds"
     feeds_dir.mkdir(parents=True, exist_ok=True)
-    lines = ["storage: sqlite:///feeds.db", "publish_dir: public", extra_config, "sources:"]
+    lines = [f"storage: {storage}", "publish_dir: public", extra_config, "sources:"]
     for outlet in outlets:
         path = feeds_dir / f"{slug(outlet)}.xml"
         path.write_text(feed_xml(outlet, []))
@@ -84,22 +89,52 @@ def run_pipeline(items: list[dict[str, str]], workdir: Path, *, extra_config: st
     config = workdir / "feeds.yaml"
     config.write_text("\n".join(lines) + "\n")
     settings = load_settings(config)
-    store = SQLiteStore(workdir / "feeds.db")
-    fetcher = Fetcher(settings.fetch)
-    by_time = sorted(items, key=lambda i: parse_rfc3339(i["published"]) or datetime.min)
+    queue = iter(sorted(items, key=lambda i: parse_rfc3339(i["published"]) or datetime.min))
+    taking = threading.Lock()
+    outlet_locks = {outlet: threading.Lock() for outlet in outlets}  # one outlet's feed file is written by one worker at a time
     seen: dict[str, list[dict[str, str]]] = defaultdict(list)
-    try:
-        for item in by_time:
-            seen[item["source"]].append(item)
-            (feeds_dir / f"{slug(item['source'])}.xml").write_text(feed_xml(item["source"], seen[item["source"]]))
-            now = parse_rfc3339(item["published"])
-            assert now is not None
-            poll_due(settings, store, fetcher, now=now + timedelta(minutes=1), force=True, names=[slug(item["source"])])
-    finally:
-        fetcher.close()
-        store.close()
-    with sqlite3.connect(workdir / "feeds.db") as db:
-        rows = db.execute("SELECT g.guid, s.cluster_id FROM guids g JOIN stories s ON s.id = g.story_id").fetchall()
+    failures: list[BaseException] = []
+
+    def replay(share: int) -> None:
+        store = open_store(settings.storage, base=workdir)
+        fetcher = Fetcher(settings.fetch)
+        try:
+            while True:
+                with taking:
+                    item = next(queue, None)
+                    if item is None:
+                        return
+                    outlet_locks[item["source"]].acquire()
+                try:
+                    seen[item["source"]].append(item)
+                    (feeds_dir / f"{slug(item['source'])}.xml").write_text(feed_xml(item["source"], seen[item["source"]]))
+                    now = parse_rfc3339(item["published"])
+                    assert now is not None
+                    poll_due(settings, store, fetcher, now=now + timedelta(minutes=1), force=True, names=[slug(item["source"])])
+                finally:
+                    outlet_locks[item["source"]].release()
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            fetcher.close()
+            store.close()
+
+    threads = [threading.Thread(target=replay, args=(share,)) for share in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+    query = "SELECT g.guid, s.cluster_id FROM guids g JOIN stories s ON s.id = g.story_id"
+    if storage.startswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(storage) as pg:
+            rows = pg.execute(query).fetchall()
+    else:
+        with sqlite3.connect(workdir / "feeds.db") as db:
+            rows = db.execute(query).fetchall()
     return {guid: str(cluster) for guid, cluster in rows}
 
 

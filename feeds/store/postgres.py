@@ -22,7 +22,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -197,23 +197,25 @@ class PostgresStore(SQLStore):
 
     # -- leases -------------------------------------------------------------------------------
 
-    def due(self, now: datetime, *, force: bool = False, limit: int | None = None) -> list[SourceState]:
-        """Claim up to `limit` sources due at `now` that no other worker holds, never one inside a
-        Retry-After window; they stay this worker's until they are saved polled, `release`, or
-        the end of the lease. With `force`, every source not gone and not polled (by any worker)
-        since this worker's cycle began is due."""
+    def due(self, now: datetime, *, force: bool = False, limit: int | None = None, names: Collection[str] = ()) -> list[SourceState]:
+        """Claim up to `limit` sources due at `now` (of `names` only, if given) that no other
+        worker holds, never one inside a Retry-After window; they stay this worker's until they
+        are saved polled, `release`, or the end of the lease. With `force`, every source not gone
+        and not polled (by any worker) since this worker's cycle began is due."""
         at = to_epoch(now)
         assert at is not None
         if self._cycle_started is None:
             self._cycle_started = time.time()
+        only = sorted(names)
         query = (
             "UPDATE sources SET claimed_by = ?, lease_until = ? WHERE name IN ("
             "SELECT name FROM sources WHERE status != 'gone' "
             "AND ((? AND (polled_at IS NULL OR polled_at < ?)) OR next_poll IS NULL OR next_poll <= ?) "
             "AND (retry_after IS NULL OR retry_after <= ?) AND (lease_until IS NULL OR lease_until < ?) "
-            "ORDER BY next_poll NULLS FIRST LIMIT ? FOR UPDATE SKIP LOCKED) RETURNING state"
+            + (f"AND name IN ({', '.join('?' * len(only))}) " if only else "")
+            + "ORDER BY next_poll NULLS FIRST LIMIT ? FOR UPDATE SKIP LOCKED) RETURNING state"
         )
-        parameters = (self.worker, at + self.lease.total_seconds(), force, self._cycle_started, at, at, at, limit)
+        parameters = (self.worker, at + self.lease.total_seconds(), force, self._cycle_started, at, at, at, *only, limit)
         with self._write() as db:
             rows = db.execute(query, parameters).fetchall()
         return [state_from_json(r[0]) for r in rows]

@@ -11,7 +11,7 @@ import fcntl
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -134,15 +134,19 @@ class SQLiteStore(SQLStore):
                     raise StoreError(f"{self.path}: {exc} (nothing of this transaction was saved)") from exc
                 raise
 
-    def due(self, now: datetime, *, force: bool = False, limit: int | None = None) -> list[SourceState]:
-        """The stored states due at `now` (all but gone ones with `force`), never one inside a
-        Retry-After window: one indexed query, whatever the number of sources."""
+    def due(self, now: datetime, *, force: bool = False, limit: int | None = None, names: Collection[str] = ()) -> list[SourceState]:
+        """The stored states due at `now` (of `names` only, if given; all but gone ones with
+        `force`), never one inside a Retry-After window: one indexed query, whatever the number
+        of sources."""
         at = to_epoch(now)
+        only = sorted(names)
         query = (
             "SELECT state FROM sources WHERE status != 'gone' AND (? OR next_poll IS NULL OR next_poll <= ?) "
-            "AND (retry_after IS NULL OR retry_after <= ?) ORDER BY next_poll LIMIT ?"
+            "AND (retry_after IS NULL OR retry_after <= ?) "
+            + (f"AND name IN ({', '.join('?' * len(only))}) " if only else "")
+            + "ORDER BY next_poll LIMIT ?"
         )
-        return [state_from_json(r[0]) for r in self._read(query, (force, at, at, -1 if limit is None else limit))]
+        return [state_from_json(r[0]) for r in self._read(query, (force, at, at, *only, -1 if limit is None else limit))]
 
     def release(self) -> None:
         """Nothing to release: SQLite pollers take turns under the poll lock."""
