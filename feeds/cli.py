@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -22,7 +23,7 @@ from typing import Any
 from starlette.routing import Route
 
 from feeds import __version__
-from feeds.config import DEFAULT_PATH, load_settings
+from feeds.config import find_config, load_settings
 from feeds.errors import ConfigError, FeedsError, StoreError
 from feeds.fetch import Fetcher
 from feeds.metrics import StoreCollector, exposition
@@ -48,10 +49,28 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every verb."""
     parser = argparse.ArgumentParser(prog="feeds", description="Poll feeds, merge duplicate stories, publish merged feeds.")
     parser.add_argument("--version", action="version", version=f"feeds {__version__}")
+    # The common options work before the verb (`feeds -c FILE status`) and after it; given after
+    # the verb they win, and not given there they leave what came before (SUPPRESS).
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-c", "--config", type=Path, default=DEFAULT_PATH, help="config file (default: %(default)s)")
-    common.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    common.add_argument("-q", "--quiet", action="store_true", help="only errors in the log")
+    for target, default in ((parser, None), (common, argparse.SUPPRESS)):
+        target.add_argument(
+            "-c",
+            "--config",
+            type=Path,
+            default=default,  # None: looked for (feeds.config.find_config)
+            help="config file (default: $FEEDS_CONFIG, else the first of ./feeds.yaml, ./config/feeds.yaml, "
+            "~/.config/feeds/feeds.yaml, /etc/feeds/feeds.yaml)",
+        )
+        target.add_argument(
+            "-v", "--verbose", action="count", default=0 if default is None else default, help="more log output (-vv for debug)"
+        )
+        target.add_argument(
+            "-q",
+            "--quiet",
+            action="store_true",
+            default=False if default is None else default,
+            help="print nothing on success: only errors (for cron)",
+        )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
 
     run = verbs.add_parser("run", parents=[common], help="the daemon: poll on schedule, republish on change, serve over HTTP")
@@ -93,11 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code."""
     parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):
+        parser.print_help()
+        return USAGE
     args = parser.parse_args(argv)
+    if args.config is None:
+        args.config = find_config()
     level = (
         logging.ERROR
         if args.quiet
-        else [logging.WARNING if args.verb != "run" else logging.INFO, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+        else [logging.WARNING if args.verb not in ("run", "serve") else logging.INFO, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -117,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return OK
     if args.verb == "clusters" and args.action == "explain" and not args.story:
         parser.error("clusters explain needs a STORY_ID")
+    if args.verb in ("run", "serve") and not getattr(args, "no_serve", False) and (taken := _address_taken(args, settings)):
+        _print(f"feeds: {taken}", file=sys.stderr)
+        return USAGE
     if args.verb == "serve":  # the published files are all it needs: it never creates a store
         _serve(args, settings, health=lambda: _files_health(settings))
         return OK
@@ -223,7 +250,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int
         finally:
             fetcher.close()
             runner.close()
-        _print_outcomes(outcomes, written, as_json=args.json)
+        _print_outcomes(outcomes, written, as_json=args.json, quiet=args.quiet)
         return FAILED if any(o.status in ("failed", "gone") for o in outcomes) else OK
     if args.verb == "publish":
         written = publish_all(settings, store, now=utc_now())
@@ -232,8 +259,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int
             _announcer(settings, fetcher)(written)
         finally:
             fetcher.close()
-        for path in written:
-            _print(f"wrote {path}")
+        if not args.quiet:
+            for path in written:
+                _print(f"wrote {path}")
         return OK
     if args.verb == "status":
         return _status(settings, store, as_json=args.json)
@@ -289,6 +317,20 @@ def _announcer(settings: Settings, fetcher: Fetcher) -> Callable[[list[str]], No
     return announce
 
 
+def _address_taken(args: argparse.Namespace, settings: Settings) -> str | None:
+    """Why the server could not listen where it is asked to (checked before anything else starts),
+    or None."""
+    host = args.host or settings.server.host
+    port = settings.server.port if args.port is None else args.port
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        return f"cannot serve on {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
 def _serve(args: argparse.Namespace, settings: Settings, *, health: HealthCheck, routes: list[Route] | None = None) -> None:
     """Serve the app until SIGINT/SIGTERM."""
     host = args.host or settings.server.host
@@ -307,7 +349,7 @@ def _serve(args: argparse.Namespace, settings: Settings, *, health: HealthCheck,
 
     collector = StoreCollector(scoped_store, utc_now)
     app = create_app(settings, health=health, metrics=lambda: exposition(collector), states=states, websub_routes=routes)
-    log.warning("serving url=http://%s:%d/ publish_dir=%s", host, port, settings.publish_dir)
+    log.info("serving url=http://%s:%d/ publish_dir=%s", host, port, settings.publish_dir)
     server = make_server(
         app, host=host, port=port, max_connections=settings.server.max_connections, header_timeout=settings.server.header_timeout
     )
@@ -366,9 +408,14 @@ def _progress(done: int, total: int, outcome: PollOutcome) -> None:
     print(f"\rpolled {done}/{total} sources (last: {outcome.source} {outcome.status})\x1b[K", end="", file=sys.stderr, flush=True)
 
 
-def _print_outcomes(outcomes: list[PollOutcome], written: list[str], *, as_json: bool) -> None:
+def _print_outcomes(outcomes: list[PollOutcome], written: list[str], *, as_json: bool, quiet: bool = False) -> None:
     if as_json:
         print(json.dumps({"sources": [_outcome_json(o) for o in outcomes], "written": written}, indent=2))
+        return
+    if quiet:  # cron mails what is printed: only what went wrong, on stderr
+        for o in sorted(outcomes, key=lambda o: o.source):
+            if o.status in ("failed", "gone"):
+                _print(f"{o.source}: {o.status}: {o.error}", file=sys.stderr)
         return
     if not outcomes:
         _print("no source is due (use --force to poll anyway)")

@@ -24,6 +24,20 @@ from feeds.timeutil import format_duration, parse_duration
 from feeds.untrusted import xml_safe
 
 DEFAULT_PATH = Path("config/feeds.yaml")
+# Where the config is looked for when no -c/--config is given: $FEEDS_CONFIG, then these, first found.
+SEARCH_PATH = (Path("feeds.yaml"), DEFAULT_PATH, Path("~/.config/feeds/feeds.yaml"), Path("/etc/feeds/feeds.yaml"))
+
+
+def find_config() -> Path:
+    """The config to use when none is named: $FEEDS_CONFIG if set, else the first of SEARCH_PATH
+    that exists (relative ones in the current directory), else config/feeds.yaml (whose absence
+    the loader reports)."""
+    named = os.environ.get("FEEDS_CONFIG")
+    if named:
+        return Path(named).expanduser()
+    return next((p.expanduser() for p in SEARCH_PATH if p.expanduser().is_file()), DEFAULT_PATH)
+
+
 _COLLECTION_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: same marks, much faster
 MIN_INTERVAL_FLOOR = timedelta(minutes=1)
@@ -229,7 +243,9 @@ def load_settings(path: Path) -> Settings:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
-        raise ConfigError([f"{display}: config file not found (pass --config FILE)"]) from exc
+        raise ConfigError(
+            [f"{display}: config file not found (pass --config FILE, or set FEEDS_CONFIG; looked in {', '.join(map(str, SEARCH_PATH))})"]
+        ) from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{display}: cannot read config: {exc}"]) from exc
     try:

@@ -16,7 +16,7 @@ from feeds.metrics import PUBLISH_SECONDS, PUBLISHES
 from feeds.models import OutputSpec, Settings, SourceState
 from feeds.render import RENDERERS, Alert, FeedView, SourceInfo, render_all
 from feeds.store import STORE_MARKER, Store
-from feeds.untrusted import strip_userinfo
+from feeds.untrusted import web_url
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,8 @@ def source_infos(settings: Settings, states: Mapping[str, SourceState]) -> dict[
         infos[source.name] = SourceInfo(
             name=source.name,
             title=title,
-            feed_url=strip_userinfo(state.url if state else source.url),
+            # A web address only: a local file's path is nobody's business (and no reader can subscribe to it).
+            feed_url=web_url(state.url if state else source.url) or "",
             link=state.feed_link if state else None,
             id=state.feed_id if state else None,
             updated=state.feed_updated if state else None,

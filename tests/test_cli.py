@@ -24,7 +24,8 @@ def test_bundled_config_polls_offline_and_publishes(tmp_path: Path) -> None:
     result = run_feeds("poll", "-c", str(config))
     assert result.returncode == 0, result.stderr
     for fmt in ("atom", "rss", "json"):
-        assert (tmp_path / "public" / f"all.{fmt}").stat().st_size > 0
+        published = (tmp_path / "public" / f"all.{fmt}").read_text()
+        assert published and "file:" not in published and str(tmp_path) not in published  # no local path leaks out
     parsed = feedparser.parse((tmp_path / "public" / "all.atom").read_bytes())
     assert not parsed.bozo and len(parsed.entries) == 5  # 7 sample stories; the wire story merged 3 ways
     seawall = next(e for e in parsed.entries if "seawall" in e.title.lower())
@@ -144,3 +145,53 @@ def test_serve_serves_the_publish_directory_alone(tmp_path: Path) -> None:
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0, stderr
+
+
+def test_cron_stays_quiet_and_options_go_before_or_after_the_verb(tmp_path: Path, server: FeedServer) -> None:
+    server.serve("/ok", rss(story_item(1)))
+    config = write_config(tmp_path, [{"name": "ok", "url": server.url("/ok")}])
+    quiet = run_feeds("-q", "-c", str(config), "poll")  # options before the verb, as cron lines are often written
+    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""  # cron mails nothing
+    assert run_feeds("-c", str(config), "status").returncode == 0
+    assert run_feeds("status", "-c", str(config)).returncode == 0
+    server.serve("/ok", b"", status=500)
+    failed = run_feeds("poll", "-q", "--force", "-c", str(config))
+    assert failed.returncode == 1 and failed.stdout == ""
+    assert failed.stderr.strip().splitlines() == ["ok: failed: HTTP 500"]  # only what went wrong, on stderr
+    bare = run_feeds()
+    assert bare.returncode == 2 and "usage: feeds" in bare.stdout and "poll" in bare.stdout
+
+
+def test_a_taken_port_is_one_clear_line_before_anything_starts(tmp_path: Path, server: FeedServer) -> None:
+    import socket
+
+    server.serve("/ok", rss(story_item(1)))
+    config = write_config(tmp_path, [{"name": "ok", "url": server.url("/ok")}])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_feeds("run", "--port", str(port), "-c", str(config))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"feeds: cannot serve on 127.0.0.1:{port}: Address already in use"]
+    assert server.hits_for("/ok") == []  # nothing was polled
+
+
+def test_the_config_is_found_without_a_path(tmp_path: Path, server: FeedServer) -> None:
+    import os
+
+    server.serve("/ok", rss(story_item(1)))
+    config = write_config(tmp_path, [{"name": "ok", "url": server.url("/ok")}])  # tmp_path/feeds.yaml
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def check(cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+        environment = {k: v for k, v in os.environ.items() if k != "FEEDS_CONFIG"} | env | {"PYTHONPATH": str(ROOT)}
+        return subprocess.run(
+            [sys.executable, "-m", "feeds", "check"], check=False, cwd=cwd, env=environment, capture_output=True, text=True, timeout=60
+        )
+
+    assert check(tmp_path).stdout.startswith("feeds.yaml: ok")  # ./feeds.yaml
+    assert check(elsewhere, FEEDS_CONFIG=str(config)).stdout.startswith(f"{config}: ok")  # wherever cron runs it
+    missing = check(elsewhere)
+    assert missing.returncode == 2 and "set FEEDS_CONFIG" in missing.stderr and "/etc/feeds/feeds.yaml" in missing.stderr
