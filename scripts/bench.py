@@ -28,7 +28,6 @@ import json
 import os
 import random
 import shutil
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,7 @@ from feeds.dedupe import fingerprint, plan, probe  # noqa: E402
 from feeds.models import DedupeSettings, Story  # noqa: E402
 from feeds.normalize import stable_hash  # noqa: E402
 from feeds.store.sqlite import SQLiteStore  # noqa: E402
+from scripts.dedup_eval import fetch_rows  # noqa: E402
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 WORDS = [f"w{i}" for i in range(20_000)]
@@ -398,15 +398,8 @@ def run_measured(command: list[str], *, cwd: Path, copies: int = 1, env: dict[st
 
 def query(storage: str, work: Path, sql: str) -> Any:
     """The first column of the first row of `sql` in the benchmark's store (SQLite or PostgreSQL)."""
-    if storage.startswith("postgresql"):
-        import psycopg
-
-        with psycopg.connect(storage) as db:
-            row = db.execute(sql).fetchone()
-    else:
-        with sqlite3.connect(work / "feeds.db") as db:
-            row = db.execute(sql).fetchone()
-    return row[0] if row else None
+    rows = fetch_rows(storage, work / "feeds.db", sql)
+    return rows[0][0] if rows else None
 
 
 def store_bytes(storage: str, work: Path) -> float:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import escape
 
 from feeds.config import load_settings
@@ -126,16 +127,19 @@ def run_pipeline(
         thread.join()
     if failures:
         raise failures[0]
-    query = "SELECT g.guid, s.cluster_id FROM guids g JOIN stories s ON s.id = g.story_id"
+    rows = fetch_rows(storage, workdir / "feeds.db", "SELECT g.guid, s.cluster_id FROM guids g JOIN stories s ON s.id = g.story_id")
+    return {guid: str(cluster) for guid, cluster in rows}
+
+
+def fetch_rows(storage: str, sqlite_path: Path, sql: str) -> list[Any]:
+    """The rows of `sql` in a store: PostgreSQL when `storage` is its DSN, else the SQLite file."""
     if storage.startswith("postgresql"):
         import psycopg
 
         with psycopg.connect(storage) as pg:
-            rows = pg.execute(query).fetchall()
-    else:
-        with sqlite3.connect(workdir / "feeds.db") as db:
-            rows = db.execute(query).fetchall()
-    return {guid: str(cluster) for guid, cluster in rows}
+            return pg.execute(sql).fetchall()
+    with sqlite3.connect(sqlite_path) as db:
+        return db.execute(sql).fetchall()
 
 
 def score(items: list[dict[str, str]], predicted: dict[str, str]) -> Score:

@@ -173,16 +173,6 @@ def statements(number: int, dialect: str) -> list[str]:
     return out
 
 
-class Cursor(Protocol):
-    """What a statement returns: its rows, and how many it changed."""
-
-    rowcount: int
-
-    def fetchone(self) -> Any: ...
-    def fetchall(self) -> list[Any]: ...
-    def __iter__(self) -> Iterator[Any]: ...
-
-
 class Connection(Protocol):
     """What the shared code needs of a connection (sqlite3's, or the PostgreSQL adapter)."""
 
