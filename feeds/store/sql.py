@@ -344,11 +344,12 @@ class Transaction:
         seqs = sorted({seq for found in by_band_seq.values() for seq in found})
         for chunk in _chunks(seqs):
             rows.update((r["id"], r) for r in self.db.execute(f"{_CANDIDATE} WHERE seq IN ({_marks(chunk)})", chunk))
-        wanted = sorted(({i for ids in by_key.values() for i in ids} | set(known.values())) - rows.keys())
+        keyed = {i for ids in by_key.values() for i in ids}
+        wanted = sorted((keyed | set(known.values())) - rows.keys())
         for chunk in _chunks(wanted):
             rows.update((r["id"], r) for r in self.db.execute(f"{_CANDIDATE} WHERE id IN ({_marks(chunk)})", chunk))
         seq_ids = {r["seq"]: story_id for story_id, r in rows.items()}
-        candidate_ids = sorted({i for ids in by_key.values() for i in ids} | set(seq_ids.values()))
+        candidate_ids = sorted(keyed | set(seq_ids.values()))
         keys: dict[str, list[str]] = {}
         for chunk in _chunks(candidate_ids):
             for story_id, key in self.db.execute(f"SELECT story_id, key FROM story_keys WHERE story_id IN ({_marks(chunk)})", chunk):
@@ -608,7 +609,6 @@ TABLES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("story_bands", ("band", "first_seen", "seq"), ("band", "first_seen", "seq")),
     ("outputs", ("name", "digest", "published"), ("name",)),
 )
-COPY_CHUNK = 5000
 
 
 def copy_store(source: SQLStore, target: SQLStore, *, progress: Callable[[str, int], None] | None = None) -> dict[str, int]:
@@ -629,7 +629,7 @@ def copy_store(source: SQLStore, target: SQLStore, *, progress: Callable[[str, i
                 rows = [
                     tuple(r)
                     for r in source._read(
-                        f"SELECT {', '.join(columns)} FROM {table} {after} ORDER BY {order} LIMIT ?", (*(last or ()), COPY_CHUNK)
+                        f"SELECT {', '.join(columns)} FROM {table} {after} ORDER BY {order} LIMIT ?", (*(last or ()), CHUNK)
                     )
                 ]
                 if not rows:
