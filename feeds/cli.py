@@ -25,6 +25,7 @@ from starlette.routing import Route
 from feeds import __version__
 from feeds.config import find_config, load_settings
 from feeds.errors import ConfigError, FeedsError, StoreError
+from feeds.events import MIN_SCORE
 from feeds.fetch import Fetcher
 from feeds.metrics import StoreCollector, exposition
 from feeds.models import PollOutcome, Settings, SourceState
@@ -532,4 +533,15 @@ def _explain(store: Store, story_id: str) -> int:
         _print(f"started cluster {stored.cluster_id}" + (f"; nearest: {other}" if other else ""))
     _print(f"reason: {d.get('reason')}")
     _print(f"jaccard={d.get('jaccard', 0):.3f} containment={d.get('containment', 0):.3f}")
+    links = store.event_links([story.id])
+    if links:
+        _print("same-event evidence (outputs with `dedupe: event` merge linked clusters, strongest first,")
+        _print(f"  never two texts of one outlet; a link needs a score of {MIN_SCORE:g}):")
+    for a, b, link in sorted(links, key=lambda x: -x[2].score):
+        linked = store.stored_story(b if a == story.id else a)
+        name = f"{linked.story.id} ({linked.story.source}, cluster {linked.cluster_id}): {linked.story.title}" if linked else b
+        verdict = "linked" if link.same else "not linked"
+        _print(f"  {verdict}, score {link.score:.1f}, {link.hours:.1f} h apart: {name}")
+        _print(f"    agreed: {', '.join(f.lstrip(':') for f in link.agreed) or '-'}")
+        _print(f"    conflicts: {', '.join(link.conflicts) or '-'}")
     return OK

@@ -102,7 +102,9 @@ class _Output(_Model):
     description: str | None = None
     include: _Include = _Include()
     limit: Annotated[int, Field(ge=1, le=10_000)] = 100
-    dedupe: Literal["near", "exact"] = "near"
+    # copies: one entry per text and its syndicated copies; event: also outlets' own rewrites of
+    # the same event; exact: only identical URLs or bodies. "near" is the old name of "copies".
+    dedupe: Literal["copies", "event", "exact", "near"] = "copies"
     report_failures: Duration | None = None
 
 
@@ -444,7 +446,7 @@ def _settings(model: _Config, path: Path) -> Settings:
             include_sources=tuple(o.include.sources),
             include_tags=tuple(o.include.tags),
             limit=o.limit,
-            dedupe=o.dedupe,
+            dedupe="copies" if o.dedupe == "near" else o.dedupe,
             report_failures=o.report_failures,
         )
         for o in model.outputs

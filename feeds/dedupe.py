@@ -4,6 +4,9 @@ Exact keys first (canonical URL, normalized body hash), then near-duplicate text
 word 3-shingles with LSH banding (128 permutations as 32 bands of 4 rows) over the whole text and
 over its lead, so copies cut to the first paragraph are found too. Candidates from the index are
 always verified on their exact shingle sets before a merge (band collisions never merge).
+Each new story is also checked against other outlets' stories that share a pair of its key facts
+(`events`); the verified same-event links are stored, and `merge_events` turns copy clusters into
+event clusters when an output asks for `dedupe: event`.
 
 Pure: no store, network or clock. Hashes are stable across processes and versions
 (blake2b-derived, never Python's hash()); SCHEME_VERSION is stored so a change can re-index.
@@ -23,10 +26,13 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from feeds.events import compare, event_facts, event_keys, group
 from feeds.models import (
     Candidate,
+    Cluster,
     Decision,
     DedupeSettings,
+    EventLink,
     Fingerprint,
     Found,
     LeadInfo,
@@ -35,6 +41,7 @@ from feeds.models import (
     Plan,
     Probe,
     Stamps,
+    StoredLink,
     Story,
     StoryEdit,
 )
@@ -125,14 +132,20 @@ def _strip_dateline(paragraph: str) -> str:
     return paragraph
 
 
-def matching_text(story: Story) -> str:
-    """The text compared across outlets: the longer of summary and content, boilerplate,
-    bylines and datelines removed, NFKC-normalized and casefolded."""
+def body_paragraphs(story: Story) -> list[str]:
+    """The paragraphs compared across outlets: of the longer of summary and content, with
+    boilerplate, bylines and the dateline removed."""
     candidates = [paragraphs(story.content_html), paragraphs(story.summary_html)]
     body = max(candidates, key=lambda ps: sum(len(p) for p in ps))
     kept = [p for p in body if not _is_boilerplate(p)]
     if kept:
         kept[0] = _strip_dateline(kept[0])
+    return kept
+
+
+def matching_text(story: Story, body: Sequence[str] | None = None) -> str:
+    """The text compared across outlets (`body_paragraphs`), NFKC-normalized and casefolded."""
+    kept = body_paragraphs(story) if body is None else body
     text = unicodedata.normalize("NFKC", " ".join(kept)).casefold()
     return " ".join(_WORD.findall(text.replace("’", "'")))
 
@@ -160,7 +173,8 @@ def _bands(shingles: np.ndarray, tag: str) -> list[int]:
 
 def fingerprint(story: Story, settings: DedupeSettings) -> Fingerprint:
     """Exact keys and, for stories long enough to compare, band keys and shingles."""
-    words = matching_text(story).split()
+    body = body_paragraphs(story)
+    words = matching_text(story, body).split()
     keys = []
     # A link to a site's home page (feeds that link every entry there) says nothing about the story.
     url = story.canonical_url
@@ -172,7 +186,8 @@ def fingerprint(story: Story, settings: DedupeSettings) -> Fingerprint:
         return Fingerprint(story.id, tuple(keys), (), (), len(words))
     shingles = _shingles(words)
     bands = _bands(shingles, "f") + _bands(_shingles(words[:LEAD_WORDS]), "l")
-    return Fingerprint(story.id, tuple(keys), tuple(bands), tuple(int(s) for s in shingles), len(words))
+    facts = event_facts(story.title, body, story.published)
+    return Fingerprint(story.id, tuple(keys), tuple(bands), tuple(int(s) for s in shingles), len(words), facts, event_keys(facts))
 
 
 def similarity(a: Sequence[int], b: Sequence[int]) -> tuple[float, float]:
@@ -286,7 +301,7 @@ def probe(polls: Sequence[tuple[Sequence[Story], Sequence[Fingerprint]]], *, sin
     return Probe(
         guids=tuple((s.source, s.guid) for stories, _ in polls for s in stories),
         keys=tuple(sorted({k for fp in fps for k in fp.keys})),
-        bands=tuple(sorted({b for fp in fps for b in fp.bands})),
+        bands=tuple(sorted({b for fp in fps for b in (*fp.bands, *fp.event_keys)})),
         since=since,
     )
 
@@ -313,6 +328,8 @@ class _Planner:
         self.found, self.settings, self.priorities = found, settings, priorities
         self.by_key: dict[str, list[str]] = {}
         self.by_band: dict[int, list[str]] = {}
+        self.by_event: dict[int, list[str]] = {}
+        self.links: dict[tuple[str, str], StoredLink] = {}
         self.planned: dict[str, Candidate] = {}
         self.inserts: dict[str, NewStory] = {}
         self.edits: dict[str, StoryEdit] = {}
@@ -365,6 +382,8 @@ class _Planner:
         fp = replace(fp, story_id=story_id)
         pending = self.inserts.get(story_id)
         if pending is not None:
+            if pending.story.guid != text.guid:  # rotated within the batch: both guids name it
+                self.guids.append((pending.story.source, pending.story.guid, story_id))
             self.inserts[story_id] = replace(pending, story=text, fingerprint=fp)
         else:
             self.edits[story_id] = StoryEdit(text, fp)
@@ -400,12 +419,44 @@ class _Planner:
                 self.leads[cluster] = newcomer
             first = self.first_times.get(cluster) or self.found.first_times.get(cluster)
             self.first_times[cluster] = story.when if first is None else min(first, story.when)
-        candidate = Candidate(story.id, story.source, story.title, near, exact, fp.keys, fp.shingles, fp.words)
+        self._link(story, fp, near)
+        candidate = Candidate(story.id, story.source, story.title, near, exact, fp.keys, fp.shingles, fp.words, fp.event)
         self.planned[story.id] = candidate
         for key in fp.keys:
             self.by_key.setdefault(key, []).append(story.id)
         for band in fp.bands:
             self.by_band.setdefault(band, []).append(story.id)
+        for event_key in fp.event_keys:
+            self.by_event.setdefault(event_key, []).append(story.id)
+
+    def _when(self, story_id: str) -> datetime:
+        stamps = self._stamps(story_id)
+        return stamps.published or stamps.first_seen
+
+    def _link(self, story: Story, fp: Fingerprint, near: int) -> None:
+        """Verify the same-event candidates of a new story: other outlets' stories that share a
+        pair of key facts and are not in its copy cluster. Every verified link is kept (events are
+        computed from all of them), so the order in which stories arrive does not matter."""
+        if fp.event is None:
+            return
+        ids: set[str] = set()
+        for key in fp.event_keys:
+            ids.update(self.found.by_band.get(key, ()))
+            ids.update(self.by_event.get(key, ()))
+        ids.discard(story.id)
+        nearest: StoredLink | None = None  # the best rejected one, kept to explain it
+        for other in sorted(ids):
+            candidate = self.planned.get(other) or self.found.candidates.get(other)
+            if candidate is None or candidate.event is None or candidate.source == story.source or candidate.cluster_id == near:
+                continue
+            link = compare(fp.event, story.when, candidate.event, self._when(other))
+            a, b = sorted((story.id, other))
+            if link.same:
+                self.links[(a, b)] = StoredLink(a, b, link)
+            elif nearest is None or link.score > nearest.link.score:
+                nearest = StoredLink(a, b, link)
+        if nearest is not None:
+            self.links.setdefault((nearest.a, nearest.b), nearest)
 
     def result(self, counts: tuple[tuple[int, int], ...]) -> Plan:
         was = self.found.leads
@@ -421,4 +472,36 @@ class _Planner:
             leads={c: lead.story_id for c, lead in self.leads.items() if c > 0 and c in was and was[c].story_id != lead.story_id},
             first_times={c: t for c, t in self.first_times.items() if c > 0 and (stored_first.get(c) is None or t < stored_first[c])},
             counts=counts,
+            links=tuple(self.links.values()),
         )
+
+
+def merge_events(clusters: Sequence[Cluster], links: Sequence[tuple[str, str, EventLink]], priorities: Mapping[str, int]) -> list[Cluster]:
+    """Copy clusters -> event clusters: those the verified links join (`events.group`) become one
+    entry. It keeps the id and Atom id of its oldest cluster, so it never changes as the event
+    grows; its lead is the best of the clusters' leads (`better_lead`); `reports` lists each copy
+    cluster's members, so readers see which reports are copies of which. Newest event first."""
+    ordered = sorted(clusters, key=lambda c: c.id)  # creation order
+    home = {s.id: c.id for c in clusters for s in c.members}
+    outlets = {c.id: frozenset({min(c.members, key=lambda s: (s.when, s.id)).source}) for c in clusters}
+    pairs = [(home[a], home[b], link.score, link.hours) for a, b, link in links if link.same and a in home and b in home]
+    owner = group([c.id for c in ordered], outlets, pairs)
+    parts: dict[int, list[Cluster]] = {}
+    for cluster in ordered:
+        parts.setdefault(owner[cluster.id], []).append(cluster)
+    merged = []
+    for first_id, part in parts.items():
+        first = part[0]
+        if len(part) == 1:
+            merged.append(replace(first, reports=(tuple(s.id for s in first.members),)))
+            continue
+        lead = first.lead
+        best = LeadInfo(lead.id, lead.source, len(matching_text(lead).split()), lead.when)
+        for other in part[1:]:
+            newcomer = LeadInfo(other.lead.id, other.lead.source, len(matching_text(other.lead).split()), other.lead.when)
+            if better_lead(best, newcomer, priorities):
+                lead, best = other.lead, newcomer
+        members = sorted((s for c in part for s in c.members), key=lambda s: (s.when, s.id))
+        reports = tuple(tuple(s.id for s in c.members) for c in part)
+        merged.append(Cluster(first_id, first.atom_id, lead, (lead, *(s for s in members if s.id != lead.id)), reports))
+    return sorted(merged, key=lambda c: (min(s.when for s in c.members), c.id), reverse=True)

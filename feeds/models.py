@@ -176,6 +176,7 @@ class Cluster:
     atom_id: str  # minted once, never changes, even when the lead does
     lead: Story
     members: tuple[Story, ...]  # lead first
+    reports: tuple[tuple[str, ...], ...] = ()  # an event's reports: the member ids of each copy cluster
 
     @property
     def others(self) -> tuple[Story, ...]:
@@ -204,7 +205,7 @@ class OutputSpec:
     include_sources: tuple[str, ...] = ()
     include_tags: tuple[str, ...] = ()
     limit: int = 100
-    dedupe: Literal["near", "exact"] = "near"
+    dedupe: Literal["copies", "event", "exact"] = "copies"
     description: str | None = None
     report_failures: timedelta | None = None  # publish an entry for sources failing at least this long
 
@@ -300,14 +301,38 @@ class PollOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class EventFacts:
+    """What `events` compares of a story: its facts (typed numbers, resolved dates and `:`names),
+    the numbers its headline and lead state, and the key facts its index keys are made of."""
+
+    facts: tuple[str, ...]
+    lead: tuple[str, ...]
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EventLink:
+    """The evidence that two stories report one event (`events.compare`)."""
+
+    score: float
+    same: bool
+    agreed: tuple[str, ...]
+    conflicts: tuple[str, ...]
+    hours: float  # between their publication times
+
+
+@dataclass(frozen=True, slots=True)
 class Fingerprint:
-    """What the index keeps of a story: exact keys, band keys and the shingle set for verification."""
+    """What the index keeps of a story: exact keys, band keys and the shingle set for verification,
+    and its event facts with their index keys (empty for a story too short to compare)."""
 
     story_id: str
     keys: tuple[str, ...]
     bands: tuple[int, ...]
     shingles: tuple[int, ...]  # sorted unique 32-bit shingle hashes
     words: int
+    event: EventFacts | None = None
+    event_keys: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +347,7 @@ class Candidate:
     keys: tuple[str, ...]
     shingles: tuple[int, ...]
     words: int
+    event: EventFacts | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,3 +452,13 @@ class Plan:
     leads: Mapping[int, str] = field(default_factory=dict)  # stored cluster id -> its new lead
     first_times: Mapping[int, datetime] = field(default_factory=dict)  # stored cluster id -> moved earlier
     counts: tuple[tuple[int, int], ...] = ()  # (new, updated) per source of the batch, in order
+    links: tuple[StoredLink, ...] = ()  # verified same-event links of the new stories
+
+
+@dataclass(frozen=True, slots=True)
+class StoredLink:
+    """A verified same-event link between two stories (ids in sorted order), with its evidence."""
+
+    a: str
+    b: str
+    link: EventLink

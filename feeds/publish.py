@@ -11,9 +11,10 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
+from feeds.dedupe import merge_events
 from feeds.errors import PublishError
 from feeds.metrics import PUBLISH_SECONDS, PUBLISHES
-from feeds.models import OutputSpec, Settings, SourceState
+from feeds.models import Cluster, OutputSpec, Settings, SourceState
 from feeds.render import RENDERERS, Alert, FeedView, SourceInfo, render_all
 from feeds.store import STORE_MARKER, Store
 from feeds.untrusted import web_url
@@ -107,6 +108,19 @@ def missing_outputs(settings: Settings) -> list[str]:
     ]
 
 
+def output_clusters(settings: Settings, store: Store, output: OutputSpec, names: Sequence[str]) -> list[Cluster]:
+    """The entries of an output, newest first: its copy clusters (or exact ones), or with
+    `dedupe: event` those clusters merged into events by their stored links. An event gathers
+    clusters first reported within the dedupe window of each other, so reading the newest
+    `limit` clusters and as many again covers the newest `limit` events."""
+    if output.dedupe != "event":
+        return store.clusters(names, exact=output.dedupe == "exact", limit=output.limit)
+    clusters = store.clusters(names, exact=False, limit=2 * output.limit)
+    links = store.event_links(s.id for c in clusters for s in c.members)
+    priorities = {s.name: s.priority for s in settings.sources}
+    return merge_events(clusters, links, priorities)[: output.limit]
+
+
 def publish_all(settings: Settings, store: Store, *, now: datetime) -> list[str]:
     """Render every output and write the files that changed; return the paths written."""
     directory = settings.publish_dir
@@ -124,7 +138,7 @@ def publish_all(settings: Settings, store: Store, *, now: datetime) -> list[str]
     written = []
     for output in settings.outputs:
         names = [s.name for s in settings.sources if output.includes(s)]
-        clusters = store.clusters(names, exact=output.dedupe == "exact", limit=output.limit)
+        clusters = output_clusters(settings, store, output, names)
         alerts = failure_alerts(output, names, infos, states, now=now)
         view = FeedView(output, tuple(clusters), {n: infos[n] for n in names}, settings.base_url, hub=settings.websub.hub, alerts=alerts)
         files = render_all(view)

@@ -50,11 +50,16 @@ from scripts.dedup_eval import fetch_rows  # noqa: E402
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 WORDS = [f"w{i}" for i in range(20_000)]
+NAMES = [f"Name{i}" for i in range(2_000)]
 
 
 def synthetic_story(rng: random.Random, n: int) -> Story:
-    """A new story of ~120 random words from a 20k vocabulary: distinct from every other."""
-    text = " ".join(rng.choice(WORDS) for _ in range(120))
+    """A new story of ~120 random words from a 20k vocabulary, with names and numbers among them
+    (what event facts are read from): distinct from every other."""
+    words = [rng.choice(WORDS) for _ in range(120)]
+    for place in range(0, 120, 12):  # ten facts: capitalized names from a pool of 2,000, and amounts
+        words[place] = rng.choice(NAMES) if place % 24 else f"${rng.randint(1, 999)} million"
+    text = " ".join(words)
     return Story(
         source=f"src{n % 50}",
         guid=f"g{n}",
@@ -70,7 +75,8 @@ def synthetic_story(rng: random.Random, n: int) -> Story:
 def fill(store: SQLiteStore, count: int, rng: random.Random, *, rate: float, window: timedelta) -> int:
     """Bulk-load `count` stories first seen at `rate` per day up to NOW (all within the last hour
     if rate is 0), with realistic index rows: 2 exact keys and ~118 shingles each, and 64 band
-    rows for those inside the window (older ones are pruned). Returns how many are in the window."""
+    rows for those inside the window (older ones are pruned), and 45 event-key rows (pairs of its
+    10 facts). Returns how many are in the window."""
     db = store._db
     cache_size = db.execute("PRAGMA cache_size").fetchone()[0]
     db.execute("PRAGMA cache_size=-1000000")  # for loading only: a huge cache slows every commit
@@ -89,7 +95,7 @@ def fill(store: SQLiteStore, count: int, rng: random.Random, *, rate: float, win
             keys += [(f"u:{rng.getrandbits(64):x}", sid), (f"b:{rng.getrandbits(64):x}", sid)]
             if seen >= horizon:
                 in_window += 1
-                bands += [(rng.getrandbits(63), seen, n + 1) for _ in range(64)]
+                bands += [(rng.getrandbits(63), seen, n + 1) for _ in range(64 + 45)]
         db.executemany(
             "INSERT INTO stories (seq, id, source, guid, title, first_seen, content_hash, cluster_id, "
             "exact_cluster_id, words, shingles) VALUES (?,?,?,?,?,?,?,?,?,?,?)",

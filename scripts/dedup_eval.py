@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -30,7 +30,9 @@ from xml.sax.saxutils import escape
 
 from feeds.config import load_settings
 from feeds.fetch import Fetcher
+from feeds.models import Settings
 from feeds.poll import poll_due
+from feeds.publish import output_clusters
 from feeds.store import open_store
 from feeds.timeutil import parse_rfc3339
 
@@ -74,7 +76,13 @@ def feed_xml(outlet: str, items: list[dict[str, str]]) -> str:
 
 
 def run_pipeline(
-    items: list[dict[str, str]], workdir: Path, *, extra_config: str = "", storage: str = "sqlite:///feeds.db", workers: int = 1
+    items: list[dict[str, str]],
+    workdir: Path,
+    *,
+    extra_config: str = "",
+    storage: str = "sqlite:///feeds.db",
+    workers: int = 1,
+    dedupe: str = "copies",
 ) -> dict[str, str]:
     """Replay the items through the real pipeline; return item id -> predicted cluster id.
     With several `workers` (a shared store), they take the items in time order from one queue
@@ -127,8 +135,49 @@ def run_pipeline(
         thread.join()
     if failures:
         raise failures[0]
+    if dedupe == "event":
+        return _predictions(settings, workdir, dedupe, len(items))
     rows = fetch_rows(storage, workdir / "feeds.db", "SELECT g.guid, s.cluster_id FROM guids g JOIN stories s ON s.id = g.story_id")
     return {guid: str(cluster) for guid, cluster in rows}
+
+
+def poll_in_order(items: list[dict[str, str]], workdir: Path, outlets: list[str], *, dedupe: str = "copies") -> dict[str, str]:
+    """Every outlet's whole feed at once, polled one outlet at a time in the order given, all at
+    one moment (a window long enough to hold the whole set): what `feeds poll` sees when the
+    same feeds are polled in another order. Returns item id -> predicted cluster."""
+    latest = max(parse_rfc3339(i["published"]) or datetime.min for i in items)
+    feeds_dir = workdir / "feeds"
+    feeds_dir.mkdir(parents=True, exist_ok=True)
+    lines = ["storage: sqlite:///feeds.db", "publish_dir: public", "dedupe: {window: 3650d}", "sources:"]
+    for outlet in outlets:
+        own = [i for i in items if i["source"] == outlet]
+        (feeds_dir / f"{slug(outlet)}.xml").write_text(feed_xml(outlet, own))
+        lines += [f"  - name: {slug(outlet)}", f"    url: feeds/{slug(outlet)}.xml"]
+    config = workdir / "feeds.yaml"
+    config.write_text("\n".join(lines) + "\n")
+    settings = load_settings(config)
+    store = open_store(settings.storage, base=workdir)
+    fetcher = Fetcher(settings.fetch)
+    try:
+        for outlet in outlets:
+            poll_due(settings, store, fetcher, now=latest + timedelta(minutes=1), force=True, names=[slug(outlet)])
+    finally:
+        fetcher.close()
+        store.close()
+    return _predictions(settings, workdir, dedupe, len(items))
+
+
+def _predictions(settings: Settings, workdir: Path, dedupe: str, count: int) -> dict[str, str]:
+    """Item id (the guid) -> the entry an output with `dedupe` puts it in."""
+    store = open_store(settings.storage, base=workdir)
+    try:
+        spec = replace(settings.outputs[0], dedupe=dedupe, limit=count)  # type: ignore[arg-type]
+        clusters = output_clusters(settings, store, spec, [s.name for s in settings.sources])
+    finally:
+        store.close()
+    by_story = {s.id: str(c.id) for c in clusters for s in c.members}
+    rows = fetch_rows(settings.storage, workdir / "feeds.db", "SELECT g.guid, s.id FROM guids g JOIN stories s ON s.id = g.story_id")
+    return {guid: by_story[story_id] for guid, story_id in rows}
 
 
 def fetch_rows(storage: str, sqlite_path: Path, sql: str) -> list[Any]:
@@ -169,10 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stories", type=Path)
     parser.add_argument("--predictions", type=Path, help="also write item id -> cluster as JSON (for score.py)")
+    parser.add_argument("--dedupe", choices=("copies", "event"), default="copies", help="score copy clusters or events (default copies)")
     args = parser.parse_args(argv)
     items = [json.loads(line) for line in args.stories.read_text().splitlines() if line.strip()]
     with tempfile.TemporaryDirectory() as tmp:
-        predicted = run_pipeline(items, Path(tmp))
+        predicted = run_pipeline(items, Path(tmp), dedupe=args.dedupe)
     result = score(items, predicted)
     titles = {i["id"]: f"[{i['cluster']}] {i['title']}" for i in items}
     print(f"items={len(items)} gold_pairs={result.true_pairs}")

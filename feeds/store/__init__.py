@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from feeds.errors import StoreError
-from feeds.models import Author, Cluster, Enclosure, Found, Plan, Probe, SourceState, Story
+from feeds.models import Author, Cluster, Enclosure, EventFacts, EventLink, Found, Plan, Probe, SourceState, Story
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +82,7 @@ class Store(Protocol):
     def story_counts(self) -> dict[str, int]: ...
     def cluster_count(self) -> int: ...
     def clusters(self, sources: Iterable[str], *, exact: bool, limit: int) -> list[Cluster]: ...
+    def event_links(self, story_ids: Iterable[str]) -> list[tuple[str, str, EventLink]]: ...
     def stored_story(self, story_id: str) -> StoredStory | None: ...
     def prune_index(self, *, before: datetime) -> int: ...
     def output_digest(self, name: str) -> str | None: ...
@@ -171,3 +172,27 @@ def enclosures_to_json(enclosures: Sequence[Enclosure]) -> str:
 def enclosures_from_json(text: str | None) -> tuple[Enclosure, ...]:
     """The inverse of enclosures_to_json."""
     return tuple(Enclosure(*row) for row in json.loads(text or "[]"))
+
+
+def facts_to_json(facts: EventFacts | None) -> str | None:
+    """A story's event facts as JSON text (NULL for a story too short to compare)."""
+    return None if facts is None else json.dumps([facts.facts, facts.lead, facts.keys])
+
+
+def facts_from_json(text: str | None) -> EventFacts | None:
+    """The inverse of facts_to_json."""
+    if not text:
+        return None
+    found, lead, keys = json.loads(text)
+    return EventFacts(tuple(found), tuple(lead), tuple(keys))
+
+
+def link_to_json(link: EventLink) -> str:
+    """The evidence of a same-event link as JSON text."""
+    return json.dumps({"agreed": link.agreed, "conflicts": link.conflicts, "same": link.same})
+
+
+def link_from_json(score: float, hours: float, text: str) -> EventLink:
+    """The inverse of link_to_json, with the link's score and hours from their columns."""
+    data = json.loads(text)
+    return EventLink(score, bool(data["same"]), tuple(data["agreed"]), tuple(data["conflicts"]), hours)

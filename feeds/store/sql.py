@@ -24,6 +24,7 @@ from feeds.models import (
     Candidate,
     Cluster,
     Decision,
+    EventLink,
     Fingerprint,
     Found,
     LeadInfo,
@@ -38,7 +39,11 @@ from feeds.store import (
     StoredStory,
     enclosures_from_json,
     enclosures_to_json,
+    facts_from_json,
+    facts_to_json,
     from_epoch,
+    link_from_json,
+    link_to_json,
     people_from_json,
     people_to_json,
     state_from_json,
@@ -138,6 +143,20 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE sources ADD COLUMN claimed_by TEXT;
     ALTER TABLE sources ADD COLUMN lease_until REAL;
     ALTER TABLE sources ADD COLUMN polled_at REAL;
+    """,
+    # 5: the second level of merging: each story's event facts, and the verified same-event links
+    # between stories (events are computed from them when an output asks for events)
+    """
+    ALTER TABLE stories ADD COLUMN facts TEXT;
+    CREATE TABLE event_links (
+        a TEXT NOT NULL REFERENCES stories(id),
+        b TEXT NOT NULL REFERENCES stories(id),
+        score REAL NOT NULL,
+        hours REAL NOT NULL,
+        evidence TEXT NOT NULL,
+        PRIMARY KEY (a, b)
+    );
+    CREATE INDEX event_links_b ON event_links(b);
     """,
 )
 
@@ -273,6 +292,7 @@ def _text_row(story: Story, fp: Fingerprint) -> tuple[object, ...]:
         story.content_hash,
         fp.words,
         _pack(fp.shingles),
+        facts_to_json(fp.event),
     )
 
 
@@ -291,6 +311,7 @@ TEXT_COLUMNS = (
     "content_hash",
     "words",
     "shingles",
+    "facts",
 )
 STORY_COLUMNS = ("seq", "id", "source", "first_seen", "cluster_id", "exact_cluster_id", "decision", *TEXT_COLUMNS)
 
@@ -310,7 +331,7 @@ def _insert_new(db: Connection, table: str, columns: tuple[str, ...], rows: list
 _DECISION_FIELDS = tuple(f.name for f in fields(Decision))
 _EDIT_STORY = f"UPDATE stories SET {', '.join(f'{c} = ?' for c in TEXT_COLUMNS)} WHERE id = ?"
 _CANDIDATE = (
-    "SELECT seq, id, source, title, cluster_id, exact_cluster_id, shingles, words, first_seen, published, updated, content_hash "
+    "SELECT seq, id, source, title, cluster_id, exact_cluster_id, shingles, words, facts, first_seen, published, updated, content_hash "
     "FROM stories"
 )
 
@@ -364,6 +385,7 @@ class Transaction:
                 tuple(keys.get(i, ())),
                 _unpack(r["shingles"]),
                 r["words"],
+                facts_from_json(r["facts"]),
             )
             for i in candidate_ids
             if (r := rows.get(i)) is not None
@@ -424,7 +446,7 @@ class Transaction:
                     *_text_row(story, new.fingerprint),
                 )
             )
-            bands.extend([(b, first_seen, seq) for b in dict.fromkeys(new.fingerprint.bands)])
+            bands.extend([(b, first_seen, seq) for b in dict.fromkeys((*new.fingerprint.bands, *new.fingerprint.event_keys))])
         _insert_new(db, "stories", STORY_COLUMNS, rows)
         db.executemany(
             "INSERT INTO guids VALUES (?, ?, ?) ON CONFLICT (source, guid) DO UPDATE SET story_id = excluded.story_id",
@@ -443,7 +465,12 @@ class Transaction:
         )
         db.executemany(
             "INSERT INTO story_bands SELECT ?, ?, seq FROM stories WHERE id = ? ON CONFLICT DO NOTHING",
-            [(b, to_epoch(e.story.first_seen), e.story.id) for e in plan.edits for b in e.fingerprint.bands],
+            [(b, to_epoch(e.story.first_seen), e.story.id) for e in plan.edits for b in (*e.fingerprint.bands, *e.fingerprint.event_keys)],
+        )
+        db.executemany(
+            "INSERT INTO event_links VALUES (?, ?, ?, ?, ?) ON CONFLICT (a, b) DO UPDATE SET "
+            "score = excluded.score, hours = excluded.hours, evidence = excluded.evidence",
+            [(x.a, x.b, x.link.score, x.link.hours, link_to_json(x.link)) for x in plan.links],
         )
         bands.sort(key=itemgetter(0))  # in index order: each page is visited once
         _insert_new(db, "story_bands", ("band", "first_seen", "seq"), bands)
@@ -554,6 +581,16 @@ class SQLStore:
         }
         return [ordered_cluster(i, heads[i][0], heads[i][1], members[i]) for i in ids]
 
+    def event_links(self, story_ids: Iterable[str]) -> list[tuple[str, str, EventLink]]:
+        """The verified same-event links with an end among `story_ids`, each once, in id order."""
+        found: dict[tuple[str, str], EventLink] = {}
+        for chunk in _chunks(sorted(set(story_ids))):
+            for column in ("a", "b"):
+                query = f"SELECT a, b, score, hours, evidence FROM event_links WHERE {column} IN ({_marks(chunk)})"
+                for r in self._read(query, chunk):
+                    found[(r[0], r[1])] = link_from_json(r[2], r[3], r[4])
+        return [(a, b, link) for (a, b), link in sorted(found.items())]
+
     def stored_story(self, story_id: str) -> StoredStory | None:
         """One stored story with its clusters and the decision that placed it."""
         row = self._one("SELECT * FROM stories WHERE id = ?", (story_id,))
@@ -607,6 +644,7 @@ TABLES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("guids", ("source", "guid", "story_id"), ("source", "guid")),
     ("story_keys", ("key", "story_id"), ("key", "story_id")),
     ("story_bands", ("band", "first_seen", "seq"), ("band", "first_seen", "seq")),
+    ("event_links", ("a", "b", "score", "hours", "evidence"), ("a", "b")),
     ("outputs", ("name", "digest", "published"), ("name",)),
 )
 
