@@ -102,6 +102,16 @@ def entry_html(view: FeedView, cluster: Cluster) -> str | None:
     if others:
         links = ", ".join(f'<a href="{html.escape(o.link or "", quote=True)}">{html.escape(view.outlet(o).title)}</a>' for o in others)
         body += f'<p class="feeds-also">Also reported by: {links}</p>'
+    if len(cluster.reports) > 1:  # an event: say which reports are independent, which are copies
+        stories = {s.id: s for s in cluster.members}
+        parts = []
+        for report in cluster.reports:
+            carried = sorted((stories[i] for i in report if i in stories), key=lambda s: (s.when, s.id))
+            if not carried:
+                continue
+            names = [html.escape(view.outlet(s).title) for s in carried]
+            parts.append(names[0] + (f" (copied by {', '.join(dict.fromkeys(names[1:]))})" if len(names) > 1 else ""))
+        body += f'<p class="feeds-reports">{len(parts)} independent reports: {"; ".join(parts)}</p>'
     return xml_safe(body) or None
 
 

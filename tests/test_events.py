@@ -165,6 +165,7 @@ def test_an_output_with_event_dedupe_publishes_one_entry_crediting_both_outlets(
     assert entry.title == wire["title"]  # the full wire text, earliest, leads
     assert entry.id in {e.id for e in copies.entries}  # the oldest cluster's id: it never changes as the event grows
     assert "Local" in entry.content[0].value  # the rewrite's outlet is credited
+    assert "2 independent reports: Wire; Local" in entry.content[0].value
     # The evidence, as `feeds clusters explain` shows it for the rewrite.
     listed = json.loads(run_feeds("clusters", "--json", "-c", str(settings.path)).stdout)
     rewrite = next(s["id"] for c in listed for s in c["stories"] if s["source"] == "local")
