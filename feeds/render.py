@@ -104,12 +104,10 @@ def entry_html(view: FeedView, cluster: Cluster) -> str | None:
         body += f'<p class="feeds-also">Also reported by: {links}</p>'
     if len(cluster.reports) > 1:  # an event: say which reports are independent, which are copies
         stories = {s.id: s for s in cluster.members}
+        carried = [sorted((stories[i] for i in r if i in stories), key=lambda s: (s.when, s.id)) for r in cluster.reports]
         parts = []
-        for report in cluster.reports:
-            carried = sorted((stories[i] for i in report if i in stories), key=lambda s: (s.when, s.id))
-            if not carried:
-                continue
-            names = [html.escape(view.outlet(s).title) for s in carried]
+        for report in sorted((r for r in carried if r), key=lambda r: (r[0].when, r[0].id)):  # first reported first
+            names = [html.escape(view.outlet(s).title) for s in report]
             parts.append(names[0] + (f" (copied by {', '.join(dict.fromkeys(names[1:]))})" if len(names) > 1 else ""))
         body += f'<p class="feeds-reports">{len(parts)} independent reports: {"; ".join(parts)}</p>'
     return xml_safe(body) or None
