@@ -7,6 +7,7 @@ to an exit code (0 ok, 1 some sources failed, 2 bad config or usage). Nothing im
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -18,7 +19,8 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from starlette.routing import Route
 
@@ -27,13 +29,17 @@ from feeds.config import find_config, load_settings
 from feeds.errors import ConfigError, FeedsError, StoreError
 from feeds.events import MIN_SCORE
 from feeds.fetch import Fetcher
+from feeds.manage import ConfigFile, ManageError, check_address, discover, read_opml, slugify, unique_name, write_opml
 from feeds.metrics import StoreCollector, exposition
-from feeds.models import PollOutcome, Settings, SourceState
+from feeds.models import OutputSpec, PollOutcome, Settings, SourceState
+from feeds.normalize import canonical_url
 from feeds.policy import initial_state, reconcile
 from feeds.poll import poll_due
-from feeds.publish import missing_outputs, publish_all
+from feeds.publish import missing_outputs, output_clusters, publish_all
+from feeds.rules import entry_title, reports
 from feeds.scheduler import Daemon, utc_now
 from feeds.server import HealthCheck, create_app, make_server
+from feeds.starter import write_starter
 from feeds.store import STORE_MARKER, Store, open_store
 from feeds.timeutil import format_duration, to_rfc3339
 from feeds.untrusted import strip_userinfo, terminal_safe
@@ -97,13 +103,36 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print as JSON")
     clusters = verbs.add_parser("clusters", parents=[common], help="show stored stories grouped as they will be published")
     clusters.add_argument("--json", action="store_true", help="print as JSON")
-    clusters.add_argument("--exact", action="store_true", help="group by exact keys only (as outputs with dedupe: exact)")
+    grouping = clusters.add_mutually_exclusive_group()
+    grouping.add_argument("--copies", action="store_true", help="group copies of one text only (as outputs with dedupe: copies)")
+    grouping.add_argument("--exact", action="store_true", help="group by exact keys only (as outputs with dedupe: exact)")
     clusters.add_argument("action", nargs="?", choices=["explain"], help="explain STORY_ID: why a story joined its cluster")
     clusters.add_argument("story", nargs="?", metavar="STORY_ID")
-    sources = verbs.add_parser("sources", parents=[common], help="manage sources' polling state")
+    sources = verbs.add_parser("sources", parents=[common], help="list, add, remove, import and export sources (edits the config)")
     sources_verbs = sources.add_subparsers(dest="sources_verb", required=True, metavar="ACTION")
+    listing = sources_verbs.add_parser("list", parents=[common], help="the configured sources, with their state")
+    listing.add_argument("--json", action="store_true", help="print as JSON")
+    add = sources_verbs.add_parser("add", parents=[common], help="add a feed, or the feed a web page names (discovered)")
+    add.add_argument("url", metavar="URL", help="a feed's address, a web page's address, or a local file")
+    add.add_argument("--name", help="the source's name (default: from the feed's title)")
+    add.add_argument("--title", help="a title to show instead of the feed's own")
+    add.add_argument("--tags", default="", help="comma-separated tags, e.g. news,local")
+    add.add_argument("--pick", type=int, metavar="N", help="which of several discovered feeds to add (1 is the first listed)")
+    remove = sources_verbs.add_parser("remove", parents=[common], help="remove sources from the config")
+    remove.add_argument("names", nargs="+", metavar="SOURCE")
+    importing = sources_verbs.add_parser("import", parents=[common], help="add every feed of an OPML subscription list")
+    importing.add_argument("file", type=Path, metavar="FILE.opml")
+    importing.add_argument("--tag", action="append", default=[], help="also tag every imported source (repeatable)")
+    importing.add_argument("--dry-run", action="store_true", help="say what would be added; change nothing")
+    exporting = sources_verbs.add_parser("export", parents=[common], help="write the sources as OPML 2.0 (tags as folders)")
+    exporting.add_argument("-o", "--output", type=Path, help="write to this file (default: standard output)")
     reset = sources_verbs.add_parser("reset", parents=[common], help="forget a source's state (resumes a gone source)")
     reset.add_argument("names", nargs="+", metavar="SOURCE")
+    preview = verbs.add_parser("preview", parents=[common], help="what an output would carry now, writing nothing (to tune its rules)")
+    preview.add_argument("output", metavar="OUTPUT")
+    preview.add_argument("--json", action="store_true", help="print as JSON")
+    init = verbs.add_parser("init", parents=[common], help="write a commented starter config and sample feeds (never overwrites)")
+    init.add_argument("directory", nargs="?", type=Path, default=Path("."), metavar="DIR", help="where (default: here)")
     migrate = verbs.add_parser("migrate", parents=[common], help="copy a whole store into a new, empty one (e.g. SQLite to PostgreSQL)")
     migrate.add_argument("--from", dest="source", required=True, metavar="URL", help="the store to copy, e.g. sqlite:///feeds.db")
     migrate.add_argument("--to", dest="target", required=True, metavar="URL", help="the new store, e.g. postgresql://feeds@db/feeds")
@@ -111,7 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; return its exit code."""
+    """Run one command; return its exit code. Output piped into a program that stops reading
+    (`feeds clusters --json | head`) ends the command quietly, as other Unix tools do."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return OK
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     if not (sys.argv[1:] if argv is None else argv):
         parser.print_help()
@@ -131,6 +170,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("apscheduler").setLevel(max(level, logging.WARNING))
     if args.verb == "migrate":
         return _migrate(args.source, args.target)
+    if args.verb == "init":
+        try:
+            written = write_starter(args.directory, now=utc_now())
+        except FeedsError as exc:
+            _print(f"feeds: {exc}", file=sys.stderr)
+            return USAGE
+        for path in written:
+            _print(f"wrote {path}")
+        config = written[0]
+        _print(f"next: feeds -c {config} poll   (then feeds -c {config} run, and open http://127.0.0.1:8080/)")
+        return OK
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
@@ -140,6 +190,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verb == "check":
         _print(f"{args.config}: ok ({len(settings.sources)} sources, {len(settings.outputs)} outputs)")
         return OK
+    if args.verb == "sources" and args.sources_verb in ("add", "remove", "import", "export", "list"):
+        try:
+            return _sources(args, settings)
+        except FeedsError as exc:
+            _print(f"feeds: {exc}", file=sys.stderr)
+            return USAGE
     if args.verb == "clusters" and args.action == "explain" and not args.story:
         parser.error("clusters explain needs a STORY_ID")
     if args.verb in ("run", "serve") and not getattr(args, "no_serve", False) and (taken := _address_taken(args, settings)):
@@ -266,10 +322,12 @@ def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int
         return OK
     if args.verb == "status":
         return _status(settings, store, as_json=args.json)
+    if args.verb == "preview":
+        return _preview(settings, store, args.output, as_json=args.json)
     if args.verb == "clusters":
         if args.action == "explain":
             return _explain(store, args.story)
-        return _clusters(settings, store, exact=args.exact, as_json=args.json)
+        return _clusters(settings, store, mode="exact" if args.exact else "copies" if args.copies else "event", as_json=args.json)
     if args.verb == "sources" and args.sources_verb == "reset":
         if _unknown_sources(settings, args.names):
             return USAGE
@@ -280,6 +338,131 @@ def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int
             _print(f"reset {name}: it will be polled on the next cycle")
         return OK
     raise AssertionError(args.verb)
+
+
+def _sources(args: argparse.Namespace, settings: Settings) -> int:
+    """`feeds sources list|add|remove|import|export`: the config is the list of sources."""
+    verb = args.sources_verb
+    if verb == "list":
+        return _list_sources(settings, as_json=args.json)
+    if verb == "export":
+        text = write_opml(settings)
+        if args.output is None:
+            sys.stdout.write(text)
+        else:
+            args.output.write_text(text, encoding="utf-8")
+            _print(f"wrote {len(settings.sources)} sources to {args.output}")
+        return OK
+    config = ConfigFile(settings.path)
+    if verb == "remove":
+        for name in args.names:
+            config.remove(name)
+        config.save()
+        _print(f"removed {', '.join(args.names)} from {settings.path}; their stories stay in the store")
+        return OK
+    if verb == "import":
+        return _import(config, args.file, tags=[slugify(t) for t in args.tag], dry_run=args.dry_run)
+    return _add(config, settings, args)
+
+
+def _list_sources(settings: Settings, *, as_json: bool) -> int:
+    states: dict[str, SourceState] = {}
+    try:
+        store = open_store(settings.storage, base=settings.path.parent.resolve(), must_exist=True, lease=settings.lease)
+    except FeedsError:
+        store = None  # never polled: no store yet
+    if store is not None:
+        try:
+            states = store.states()
+        finally:
+            store.close()
+    rows: list[dict[str, Any]] = [
+        {
+            "name": s.name,
+            "url": s.url,
+            "title": s.title,
+            "tags": list(s.tags),
+            "state": states[s.name].status if s.name in states else "new",
+        }
+        for s in settings.sources
+    ]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return OK
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        tags = f"  [{', '.join(r['tags'])}]" if r["tags"] else ""
+        _print(f"{r['name']:<{width}}  {r['state']:<9} {r['url']}{tags}")
+    return OK
+
+
+def _add(config: ConfigFile, settings: Settings, args: argparse.Namespace) -> int:
+    address: str = args.url
+    check_address(address)
+    tags = [slugify(t) for t in args.tags.split(",") if t.strip()]
+    if urlsplit(address).scheme.lower() in ("http", "https"):
+        fetcher = Fetcher(settings.fetch, private_sources=[])
+        try:
+            found = discover(address, fetcher, max_entries=settings.max_entries)
+        finally:
+            fetcher.close()
+        if len(found) > 1 and args.pick is None:
+            for n, feed in enumerate(found, 1):
+                _print(f"  {n}. {feed.title or '(untitled)'}  {feed.url}  ({feed.format})")
+            if not sys.stdin.isatty():
+                raise ManageError(f"{address}: {len(found)} feeds found; choose one with --pick N")
+            answer = input(f"add which one? [1-{len(found)}] ").strip()
+            if not answer.isdigit():
+                raise ManageError("nothing added")
+            args.pick = int(answer)
+        pick = args.pick or 1
+        if not 1 <= pick <= len(found):
+            raise ManageError(f"--pick {pick}: there are {len(found)} feeds (1 to {len(found)})")
+        chosen = found[pick - 1]
+        url, feed_title = chosen.url, chosen.title
+    else:
+        url, feed_title = address, None
+    if (canonical_url(url) or url) in config.urls():
+        raise ManageError(f"{url} is already a source in {settings.path}")
+    name = args.name or unique_name(slugify(args.title or feed_title or urlsplit(url).hostname or Path(url).stem), config.names())
+    if name in config.names():
+        raise ManageError(f"a source named {name!r} exists already; choose another with --name")
+    config.add(name, url, title=args.title, tags=tags)
+    config.save()
+    _print(f"added {name}: {url}" + (f" ({feed_title})" if feed_title else ""))
+    return OK
+
+
+def _import(config: ConfigFile, path: Path, *, tags: Sequence[str], dry_run: bool) -> int:
+    subscriptions = read_opml(path)
+    known = config.urls()
+    names = set(config.names())
+    added, skipped = 0, []
+    for sub in subscriptions:
+        try:
+            check_address(sub.url)
+        except ManageError as exc:
+            skipped.append(f"{sub.url} ({exc.message.split(': ', 1)[-1]})")
+            continue
+        key = canonical_url(sub.url) or sub.url
+        if key in known:
+            skipped.append(f"{sub.url} (already a source)")
+            continue
+        known.add(key)
+        name = unique_name(slugify(sub.title or urlsplit(sub.url).hostname or "source"), names)
+        names.add(name)
+        config.add(name, sub.url, title=sub.title, tags=list(dict.fromkeys([*sub.tags, *tags])))
+        added += 1
+        _print(f"{'would add' if dry_run else 'add'} {name}: {sub.url}")
+    for line in skipped:
+        _print(f"skip {line}")
+    if dry_run:
+        _print(f"dry run: {added} sources would be added, {len(skipped)} skipped; nothing was changed")
+        return OK
+    if added:
+        config.save()
+    _print(f"imported {added} sources into {config.path}, skipped {len(skipped)}")
+    return OK
 
 
 def _unknown_sources(settings: Settings, names: Sequence[str]) -> bool:
@@ -494,26 +677,55 @@ def _status(settings: Settings, store: Store, *, as_json: bool) -> int:
     return FAILED if any(r["status"] in ("failing", "gone") for r in rows) else OK
 
 
-def _clusters(settings: Settings, store: Store, *, exact: bool, as_json: bool) -> int:
-    names = [s.name for s in settings.sources]
-    everything = sum(store.story_counts().values())
+def _clusters(settings: Settings, store: Store, *, mode: Literal["event", "copies", "exact"], as_json: bool) -> int:
+    everything = max(sum(store.story_counts().values()), 1)
+    spec = OutputSpec(name="clusters", title="clusters", dedupe=mode, limit=everything)
     result: list[dict[str, Any]] = [
         {
             "id": cluster.atom_id,
             "title": cluster.lead.title,
+            "reports": max(len(cluster.reports), 1),
             "stories": [
                 {"source": s.source, "id": s.id, "link": s.link, "title": s.title, "published": _stamp(s.when)} for s in cluster.members
             ],
         }
-        for cluster in store.clusters(names, exact=exact, limit=everything)
+        for cluster in output_clusters(settings, store, spec, [s.name for s in settings.sources], now=utc_now())
     ]
     if as_json:
         print(json.dumps(result, indent=2))
     else:
         for c in result:
-            _print(f"{c['title']}  [{c['id']}]")
+            reports = f", {c['reports']} independent reports" if c["reports"] > 1 else ""
+            _print(f"{c['title']}  [{c['id']}{reports}]")
             for s in c["stories"]:
                 _print(f"    {s['source']:<18} {s['id']}  {s['title']}")
+    return OK
+
+
+def _preview(settings: Settings, store: Store, name: str, *, as_json: bool) -> int:
+    output = next((o for o in settings.outputs if o.name == name), None)
+    if output is None:
+        _print(f"feeds: no output named {name!r} (outputs: {', '.join(o.name for o in settings.outputs)})", file=sys.stderr)
+        return USAGE
+    names = [s.name for s in settings.sources if output.includes(s)]
+    titles = {s.name: s.title or s.name for s in settings.sources}
+    rows: list[dict[str, Any]] = [
+        {
+            "time": _stamp(min(m.when for m in c.members)),
+            "outlet": titles.get(c.lead.source, c.lead.source),
+            "title": entry_title(c, output, titles.get(c.lead.source, c.lead.source)),
+            "outlets": len({m.source for m in c.members}),
+            "reports": reports(c),
+            "id": c.atom_id,
+        }
+        for c in output_clusters(settings, store, output, names, now=utc_now())
+    ]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return OK
+    for r in rows:
+        _print(f"{str(r['time'])[:16].replace('T', ' ')}  {r['outlet'][:20]:<20} {r['outlets']:>2} outlets  {r['title']}")
+    _print(f"{len(rows)} entries (limit {output.limit}); nothing was written")
     return OK
 
 

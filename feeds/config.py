@@ -20,6 +20,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from feeds.errors import ConfigError
 from feeds.models import DedupeSettings, FetchSettings, OutputSpec, ServerSettings, Settings, Source, WebSubSettings
+from feeds.rules import FIELDS as RULE_FIELDS
+from feeds.rules import pattern_problem, template_problem
 from feeds.timeutil import format_duration, parse_duration
 from feeds.untrusted import xml_safe
 
@@ -91,7 +93,14 @@ class _Source(_Model):
     private: bool = False
 
 
-class _Include(_Model):
+class _Exclude(_Model):
+    title: list[str] = Field(default_factory=list)
+    content: list[str] = Field(default_factory=list)
+    author: list[str] = Field(default_factory=list)
+    category: list[str] = Field(default_factory=list)
+
+
+class _Include(_Exclude):
     tags: list[str] = Field(default_factory=list)
     sources: list[str] = Field(default_factory=list)
 
@@ -104,8 +113,13 @@ class _Output(_Model):
     limit: Annotated[int, Field(ge=1, le=10_000)] = 100
     # copies: one entry per text and its syndicated copies; event: also outlets' own rewrites of
     # the same event; exact: only identical URLs or bodies. "near" is the old name of "copies".
-    dedupe: Literal["copies", "event", "exact", "near"] = "copies"
+    dedupe: Literal["copies", "event", "exact", "near"] = "event"
     report_failures: Duration | None = None
+    exclude: _Exclude = _Exclude()
+    max_age: Duration | None = None
+    per_source_limit: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    min_sources: Annotated[int, Field(ge=1, le=100)] = 1
+    title_template: Annotated[str, Field(min_length=1, max_length=500)] | None = None
 
 
 class _Fetch(_Model):
@@ -376,6 +390,7 @@ def _check(data: dict[str, Any], base: Path) -> list[tuple[Path_, str]]:
         for j, tag in enumerate(include.get("tags") or [] if isinstance(include.get("tags"), list) else []):
             if isinstance(tag, str) and tag not in tags:
                 problems.append((("outputs", i, "include", "tags", j), f"no source has the tag {tag!r}"))
+        problems.extend(_check_rules(out, i))
     base_url = data.get("base_url", "http://localhost:8080/")
     if isinstance(base_url, str):
         parts = urlsplit(base_url)
@@ -393,6 +408,34 @@ def _check(data: dict[str, Any], base: Path) -> list[tuple[Path_, str]]:
     storage = data.get("storage", "sqlite:///feeds.db")
     if isinstance(storage, str) and not re.match(r"^[a-z][a-z0-9+]*://", storage):
         problems.append((("storage",), f"must be a URL such as sqlite:///feeds.db, got {storage!r}"))
+    return problems
+
+
+def _check_rules(out: dict[str, Any], i: int) -> list[tuple[Path_, str]]:
+    """An output's rules: patterns that compile, a template with known fields, and combinations
+    that can hold."""
+    problems: list[tuple[Path_, str]] = []
+    for key in ("include", "exclude"):
+        rules = out.get(key)
+        if not isinstance(rules, dict):
+            continue
+        for field in RULE_FIELDS:
+            patterns = rules.get(field)
+            for j, pattern in enumerate(patterns if isinstance(patterns, list) else []):
+                problem = pattern_problem(pattern) if isinstance(pattern, str) else None
+                if problem:
+                    problems.append((("outputs", i, key, field, j), problem))
+    template = out.get("title_template")
+    if isinstance(template, str) and (problem := template_problem(template)):
+        problems.append((("outputs", i, "title_template"), problem))
+    min_sources = out.get("min_sources")
+    if isinstance(min_sources, int) and min_sources > 1 and out.get("dedupe") in ("copies", "near", "exact"):
+        problems.append(
+            (("outputs", i, "min_sources"), f"counts independent reports, which needs dedupe: event (this output has {out['dedupe']})")
+        )
+    limit, per_source = out.get("limit"), out.get("per_source_limit")
+    if isinstance(limit, int) and isinstance(per_source, int) and per_source > limit:
+        problems.append((("outputs", i, "per_source_limit"), f"{per_source} is above the output's limit {limit}: it would never apply"))
     return problems
 
 
@@ -448,6 +491,12 @@ def _settings(model: _Config, path: Path) -> Settings:
             limit=o.limit,
             dedupe="copies" if o.dedupe == "near" else o.dedupe,
             report_failures=o.report_failures,
+            include_rules=tuple((f, tuple(getattr(o.include, f))) for f in RULE_FIELDS if getattr(o.include, f)),
+            exclude_rules=tuple((f, tuple(getattr(o.exclude, f))) for f in RULE_FIELDS if getattr(o.exclude, f)),
+            max_age=o.max_age,
+            per_source_limit=o.per_source_limit,
+            min_sources=o.min_sources,
+            title_template=o.title_template,
         )
         for o in model.outputs
     )

@@ -483,9 +483,11 @@ def merge_events(clusters: Sequence[Cluster], links: Sequence[tuple[str, str, Ev
     cluster's members, so readers see which reports are copies of which. Newest event first."""
     ordered = sorted(clusters, key=lambda c: c.id)  # creation order
     home = {s.id: c.id for c in clusters for s in c.members}
-    outlets = {c.id: frozenset({min(c.members, key=lambda s: (s.when, s.id)).source}) for c in clusters}
+    earliest = {c.id: min(c.members, key=lambda s: (s.when, s.id)) for c in clusters}
+    outlets = {c: frozenset({s.source}) for c, s in earliest.items()}
+    firsts = {c: s.when for c, s in earliest.items()}
     pairs = [(home[a], home[b], link.score, link.hours) for a, b, link in links if link.same and a in home and b in home]
-    owner = group([c.id for c in ordered], outlets, pairs)
+    owner = group([c.id for c in ordered], outlets, firsts, pairs)
     parts: dict[int, list[Cluster]] = {}
     for cluster in ordered:
         parts.setdefault(owner[cluster.id], []).append(cluster)

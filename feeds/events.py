@@ -4,10 +4,10 @@ Outlets that write their own version of an event share little wording with the w
 they agree on its facts: the people, companies and places it names (capitalized names) and its
 numbers (amounts, percentages, times of day, dates, scores and counts). Three rules:
 
-1. **Candidates through an index.** Each story's key facts (numbers and names of its headline and
-   first two paragraphs, at most KEY_FACTS of them) give one key per pair of facts. Two stories
-   that share a pair are compared; a pair is specific enough that the candidate list does not grow
-   with the store.
+1. **Candidates through an index.** Each story's key facts (its first KEY_NUMBERS numbers, and
+   the first KEY_NAMES names of its headline and first two paragraphs) give one key per pair of
+   facts. Two stories that share a pair are compared; a pair is specific enough that the
+   candidate list does not grow with the store.
 2. **Verified on facts, with conflicts against.** The score is the weight of the facts both
    carry, less CONFLICT for every fact the headline or lead of one states and the other's whole
    text lacks (an update leads with what is new: a verdict, a cause, a reopening, a second score).
@@ -38,10 +38,12 @@ from typing import TypeVar
 
 from feeds.models import EventFacts, EventLink
 
-KEY_FACTS = 12  # facts of the headline and first two paragraphs that make index keys
+KEY_NUMBERS = 8  # numbers of the whole text, and
+KEY_NAMES = 6  # names of the headline and first two paragraphs, whose pairs are index keys
 MIN_SCORE = 6.0  # agreement needed with no conflict
 CONFLICT = 5.0  # what each fact stated by one lead and absent from the other costs
-MAX_GAP = timedelta(days=4)  # publication times further apart are never one event
+MAX_GAP = timedelta(days=4)
+AMBIGUOUS = 1.0  # publication times further apart are never one event
 _NAME_WEIGHT = 1.0
 _COUNT_WEIGHT = 0.5  # small counts (<= 12) and years: too common to say much
 _NUMBER_WEIGHT = 2.0
@@ -276,11 +278,13 @@ def event_facts(title: str, paragraphs: Sequence[str], published: datetime | Non
     whole = " ".join([title, *body])
     lead = " ".join([title, *body[:1]])
     keyed = " ".join([title, *body[:2]])
-    key_facts = [f for f in numbers(keyed) if not _minor(f)] + [":" + n for n in names(keyed)]
+    # Numbers are the most specific facts and a rewrite may state them anywhere; names of the
+    # headline and first two paragraphs say who and where. Every pair of these is a key.
+    key_facts = [f for f in numbers(whole) if not _minor(f)][:KEY_NUMBERS] + [":" + n for n in names(keyed)][:KEY_NAMES]
     return EventFacts(
         facts=tuple(dict.fromkeys([*numbers(whole), *weekday_dates(whole, published), *(":" + n for n in names(whole))])),
         lead=tuple(f for f in numbers(lead) if not _minor(f)),
-        keys=tuple(key_facts[:KEY_FACTS]),
+        keys=tuple(key_facts),
     )
 
 
@@ -322,26 +326,53 @@ K = TypeVar("K")
 def group(
     clusters: Sequence[K],
     outlets: Mapping[K, frozenset[str]],
+    firsts: Mapping[K, datetime],
     links: Sequence[tuple[K, K, float, float]],
 ) -> dict[K, K]:
     """Copy clusters -> the event each belongs to, named by its first cluster in `clusters` order.
 
-    `outlets` is the outlets whose own text each cluster is (its earliest story's source); `links`
-    are verified (cluster, cluster, score, hours apart) links between their stories. Strongest
-    first (then nearest in time), a link joins two events unless they hold texts of the same
-    outlet. Depends only on its arguments, never on the order of `links`."""
+    `outlets` is the outlets whose own text each cluster is (its earliest story's source), `firsts`
+    when each was first reported; `links` are verified (cluster, cluster, score, hours apart)
+    links between their stories. Strongest first (then nearest in time), a link joins two events
+    unless they hold texts of the same outlet, or unless it is one of two readings of a story:
+    - *stale*: a report published before an update (a later text of the same outlet, linked to
+      its first one) that matches the first one too reports the first one, not the update;
+    - *ambiguous*: a story that matches, within AMBIGUOUS of the same score, two events that can
+      never be one (they hold texts of the same outlet) joins neither: showing a story twice is
+      better than hiding one.
+    Depends only on its arguments, never on the order of `links`."""
     order = {c: i for i, c in enumerate(clusters)}
+    linked: dict[K, dict[K, float]] = {c: {} for c in clusters}
+    for a, b, score, _ in links:
+        if a in order and b in order and a != b:
+            linked[a][b] = linked[b][a] = max(score, linked[a].get(b, score))
+    mine = {c: frozenset(outlets.get(c, frozenset())) for c in clusters}
+    earlier = {y: [x for x in linked[y] if mine[x] & mine[y] and firsts[x] < firsts[y]] for y in clusters}
+
+    def stale(report: K, update: K) -> bool:
+        return firsts[report] < firsts[update] and any(x in linked[report] for x in earlier[update])
+
+    usable = [link for link in links if link[0] in order and link[1] in order and not stale(*link[:2]) and not stale(*link[1::-1])]
     owner: dict[K, K] = {c: c for c in clusters}
     members: dict[K, list[K]] = {c: [c] for c in clusters}
-    held: dict[K, set[str]] = {c: set(outlets.get(c, frozenset())) for c in clusters}
+    held: dict[K, set[str]] = {c: set(mine[c]) for c in clusters}
+    usable_pairs = {(a, b) for a, b, _, _ in usable} | {(b, a) for a, b, _, _ in usable}
+
+    def ambiguous(story: K, event: K) -> bool:
+        score = max(s for t, s in linked[story].items() if owner[t] == event and (story, t) in usable_pairs)
+        return any(
+            owner[t] not in (event, owner[story]) and s >= score - AMBIGUOUS and held[owner[t]] & held[event]
+            for t, s in linked[story].items()
+            if (story, t) in usable_pairs
+        )
 
     def key(link: tuple[K, K, float, float]) -> tuple[float, float, int, int]:
         ends = sorted((order[link[0]], order[link[1]]))
         return (-link[2], link[3], ends[0], ends[1])
 
-    for a, b, _, _ in sorted((link for link in links if link[0] in order and link[1] in order), key=key):
+    for a, b, _, _ in sorted(usable, key=key):
         first, second = owner[a], owner[b]
-        if first == second or held[first] & held[second]:
+        if first == second or held[first] & held[second] or ambiguous(a, second) or ambiguous(b, first):
             continue
         keep, drop = (first, second) if order[first] < order[second] else (second, first)
         for cluster in members[drop]:

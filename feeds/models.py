@@ -205,9 +205,20 @@ class OutputSpec:
     include_sources: tuple[str, ...] = ()
     include_tags: tuple[str, ...] = ()
     limit: int = 100
-    dedupe: Literal["copies", "event", "exact"] = "copies"
+    dedupe: Literal["copies", "event", "exact"] = "event"
     description: str | None = None
     report_failures: timedelta | None = None  # publish an entry for sources failing at least this long
+    include_rules: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (field, patterns): each field must match one
+    exclude_rules: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (field, patterns): any match drops the entry
+    max_age: timedelta | None = None
+    per_source_limit: int | None = None  # entries led by one source
+    min_sources: int = 1  # independent reports an entry needs
+    title_template: str | None = None  # e.g. "[{source}] {title}"
+
+    @property
+    def has_rules(self) -> bool:
+        """True when rules may drop entries (so more than `limit` are read to fill the output)."""
+        return bool(self.include_rules or self.exclude_rules or self.max_age or self.per_source_limit or self.min_sources > 1)
 
     def includes(self, source: Source) -> bool:
         """True when stories of this source belong in the output."""

@@ -16,6 +16,7 @@ from feeds.errors import PublishError
 from feeds.metrics import PUBLISH_SECONDS, PUBLISHES
 from feeds.models import Cluster, OutputSpec, Settings, SourceState
 from feeds.render import RENDERERS, Alert, FeedView, SourceInfo, render_all
+from feeds.rules import select
 from feeds.store import STORE_MARKER, Store
 from feeds.untrusted import web_url
 
@@ -108,17 +109,21 @@ def missing_outputs(settings: Settings) -> list[str]:
     ]
 
 
-def output_clusters(settings: Settings, store: Store, output: OutputSpec, names: Sequence[str]) -> list[Cluster]:
+def output_clusters(settings: Settings, store: Store, output: OutputSpec, names: Sequence[str], *, now: datetime) -> list[Cluster]:
     """The entries of an output, newest first: its copy clusters (or exact ones), or with
-    `dedupe: event` those clusters merged into events by their stored links. An event gathers
-    clusters first reported within the dedupe window of each other, so reading the newest
-    `limit` clusters and as many again covers the newest `limit` events."""
+    `dedupe: event` those clusters merged into events by their stored links; then its rules
+    (`rules.select`). An event gathers clusters first reported within the dedupe window of each
+    other, so reading twice as many clusters as entries covers the newest events; an output with
+    rules reads four times as many again, so rules that drop entries still fill it."""
+    wanted = output.limit * (4 if output.has_rules else 1)
     if output.dedupe != "event":
-        return store.clusters(names, exact=output.dedupe == "exact", limit=output.limit)
-    clusters = store.clusters(names, exact=False, limit=2 * output.limit)
-    links = store.event_links(s.id for c in clusters for s in c.members)
-    priorities = {s.name: s.priority for s in settings.sources}
-    return merge_events(clusters, links, priorities)[: output.limit]
+        clusters = store.clusters(names, exact=output.dedupe == "exact", limit=wanted)
+    else:
+        clusters = store.clusters(names, exact=False, limit=2 * wanted)
+        links = store.event_links(s.id for c in clusters for s in c.members)
+        priorities = {s.name: s.priority for s in settings.sources}
+        clusters = merge_events(clusters, links, priorities)
+    return select(clusters, output, now=now)
 
 
 def publish_all(settings: Settings, store: Store, *, now: datetime) -> list[str]:
@@ -138,7 +143,7 @@ def publish_all(settings: Settings, store: Store, *, now: datetime) -> list[str]
     written = []
     for output in settings.outputs:
         names = [s.name for s in settings.sources if output.includes(s)]
-        clusters = output_clusters(settings, store, output, names)
+        clusters = output_clusters(settings, store, output, names, now=now)
         alerts = failure_alerts(output, names, infos, states, now=now)
         view = FeedView(output, tuple(clusters), {n: infos[n] for n in names}, settings.base_url, hub=settings.websub.hub, alerts=alerts)
         files = render_all(view)

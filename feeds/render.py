@@ -22,6 +22,7 @@ from feedgen.util import xml_elem
 
 from feeds import PROJECT_URL, __version__
 from feeds.models import Cluster, OutputSpec, Story
+from feeds.rules import entry_title
 from feeds.timeutil import EPOCH, to_rfc3339
 from feeds.untrusted import xml_safe
 
@@ -216,7 +217,7 @@ def _entry(fe: FeedEntry, view: FeedView, cluster: Cluster) -> None:
     outlet = view.outlet(lead)
     fe.id(cluster.atom_id)
     fe.guid(cluster.atom_id, permalink=False)
-    fe.title(xml_safe(lead.title))
+    fe.title(xml_safe(entry_title(cluster, view.output, view.outlet(lead).title)))
     links = [{"rel": "alternate", "type": "text/html", "href": lead.link}] if lead.link else []
     for other in cluster.others:
         if other.link and other.link != lead.link:
@@ -316,7 +317,7 @@ def _render_json(view: FeedView) -> bytes:
         item: dict[str, Any] = {
             "id": cluster.atom_id,
             "url": lead.link,
-            "title": lead.title,
+            "title": entry_title(cluster, view.output, view.outlet(lead).title),
             "content_html": entry_html(view, cluster) or "",
             "date_published": to_rfc3339(lead.when),
             "date_modified": to_rfc3339(cluster.updated),

@@ -7,7 +7,7 @@ SQLite) replays them in publication order, each outlet's feed growing as its sto
 The stored clusters are scored pairwise: precision, recall, F1, false merges, and merges across
 hard negatives (gold clusters that a story set marks as look-alikes).
 
-    python scripts/dedup_eval.py ../shared/dedup-dev/stories.jsonl [--predictions out.json]
+    python scripts/dedup_eval.py ../shared/dedup-dev/stories.jsonl [--dedupe event|copies] [--predictions out.json]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import tempfile
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
@@ -172,7 +172,7 @@ def _predictions(settings: Settings, workdir: Path, dedupe: str, count: int) -> 
     store = open_store(settings.storage, base=workdir)
     try:
         spec = replace(settings.outputs[0], dedupe=dedupe, limit=count)  # type: ignore[arg-type]
-        clusters = output_clusters(settings, store, spec, [s.name for s in settings.sources])
+        clusters = output_clusters(settings, store, spec, [s.name for s in settings.sources], now=datetime.now(UTC))
     finally:
         store.close()
     by_story = {s.id: str(c.id) for c in clusters for s in c.members}
@@ -218,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stories", type=Path)
     parser.add_argument("--predictions", type=Path, help="also write item id -> cluster as JSON (for score.py)")
-    parser.add_argument("--dedupe", choices=("copies", "event"), default="copies", help="score copy clusters or events (default copies)")
+    parser.add_argument(
+        "--dedupe", choices=("copies", "event"), default="event", help="score events (the default of outputs) or copy clusters only"
+    )
     args = parser.parse_args(argv)
     items = [json.loads(line) for line in args.stories.read_text().splitlines() if line.strip()]
     with tempfile.TemporaryDirectory() as tmp:

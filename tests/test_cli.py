@@ -65,12 +65,14 @@ def test_clusters_json_shape(tmp_path: Path) -> None:
     config = bundled_copy(tmp_path)
     run_feeds("poll", "-c", str(config))
     clusters = json.loads(run_feeds("clusters", "--json", "-c", str(config)).stdout)
-    assert all(set(c) == {"id", "title", "stories"} for c in clusters)
+    assert all(set(c) == {"id", "title", "reports", "stories"} for c in clusters)
     assert all(set(s) == {"source", "id", "link", "title", "published"} for c in clusters for s in c["stories"])
     ids = [s["id"] for c in clusters for s in c["stories"]]
     assert len(ids) == len(set(ids)) == 7
+    copies = json.loads(run_feeds("clusters", "--json", "--copies", "-c", str(config)).stdout)
     exact = json.loads(run_feeds("clusters", "--json", "--exact", "-c", str(config)).stdout)
-    assert len(exact) > len(clusters)
+    assert len(exact) > len(copies) >= len(clusters)
+    assert all(c["reports"] == 1 for c in copies)
 
 
 def test_sources_reset_and_unknown_names(tmp_path: Path, server: FeedServer) -> None:
