@@ -36,6 +36,7 @@ from feeds.normalize import canonical_url
 from feeds.policy import initial_state, reconcile
 from feeds.poll import poll_due
 from feeds.publish import missing_outputs, output_clusters, publish_all
+from feeds.retention import purge, retain
 from feeds.rules import entry_title, reports
 from feeds.scheduler import Daemon, utc_now
 from feeds.server import HealthCheck, create_app, make_server
@@ -120,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--pick", type=int, metavar="N", help="which of several discovered feeds to add (1 is the first listed)")
     remove = sources_verbs.add_parser("remove", parents=[common], help="remove sources from the config")
     remove.add_argument("names", nargs="+", metavar="SOURCE")
+    remove.add_argument("--purge", action="store_true", help="also delete their stories from the store now")
     importing = sources_verbs.add_parser("import", parents=[common], help="add every feed of an OPML subscription list")
     importing.add_argument("file", type=Path, metavar="FILE.opml")
     importing.add_argument("--tag", action="append", default=[], help="also tag every imported source (repeatable)")
@@ -128,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     exporting.add_argument("-o", "--output", type=Path, help="write to this file (default: standard output)")
     reset = sources_verbs.add_parser("reset", parents=[common], help="forget a source's state (resumes a gone source)")
     reset.add_argument("names", nargs="+", metavar="SOURCE")
+    prune = verbs.add_parser("prune", parents=[common], help="delete stories older than the retention setting now")
+    prune.add_argument("--dry-run", action="store_true", help="say what would be deleted; delete nothing")
     preview = verbs.add_parser("preview", parents=[common], help="what an output would carry now, writing nothing (to tune its rules)")
     preview.add_argument("output", metavar="OUTPUT")
     preview.add_argument("--json", action="store_true", help="print as JSON")
@@ -322,6 +326,17 @@ def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int
         return OK
     if args.verb == "status":
         return _status(settings, store, as_json=args.json)
+    if args.verb == "prune":
+        if not settings.retention and not any(s.retention for s in settings.sources):
+            _print("feeds: no retention is set (add `retention: 90d` to the config); nothing is ever deleted", file=sys.stderr)
+            return USAGE
+        pruned = retain(settings, store, now=utc_now(), dry_run=args.dry_run, force=True)
+        assert pruned is not None
+        verb = "would delete" if args.dry_run else "deleted"
+        _print(f"{verb} {pruned.stories} stories in {pruned.clusters} clusters; kept {pruned.kept_for_outputs} still shown by an output")
+        if not args.dry_run and pruned.stories:
+            publish_all(settings, store, now=utc_now())
+        return OK
     if args.verb == "preview":
         return _preview(settings, store, args.output, as_json=args.json)
     if args.verb == "clusters":
@@ -357,8 +372,18 @@ def _sources(args: argparse.Namespace, settings: Settings) -> int:
     if verb == "remove":
         for name in args.names:
             config.remove(name)
-        config.save()
-        _print(f"removed {', '.join(args.names)} from {settings.path}; their stories stay in the store")
+        edited = config.save()
+        if not args.purge:
+            kept = "their stories stay until retention deletes them" if settings.retention else "their stories stay in the store"
+            _print(f"removed {', '.join(args.names)} from {settings.path}; {kept} (--purge deletes them now)")
+            return OK
+        store = open_store(settings.storage, base=settings.path.parent.resolve(), lease=settings.lease)
+        try:
+            deleted = purge(store, args.names, now=utc_now())
+            publish_all(edited, store, now=utc_now())
+        finally:
+            store.close()
+        _print(f"removed {', '.join(args.names)} from {settings.path} and deleted their {deleted} stories")
         return OK
     if verb == "import":
         return _import(config, args.file, tags=[slugify(t) for t in args.tag], dry_run=args.dry_run)

@@ -91,6 +91,7 @@ class _Source(_Model):
     priority: int = 0
     websub: bool = False
     private: bool = False
+    retention: Duration | None = None
 
 
 class _Exclude(_Model):
@@ -163,6 +164,7 @@ class _Config(_Model):
     base_url: str = "http://localhost:8080/"
     tick: Duration = _default(Settings, "tick")
     lease: Duration = _default(Settings, "lease")
+    retention: Duration | None = None
     defaults: _Defaults = _Defaults()
     fetch: _Fetch = _Fetch()
     dedupe: _Dedupe = _Dedupe()
@@ -478,6 +480,7 @@ def _settings(model: _Config, path: Path) -> Settings:
             priority=s.priority,
             websub=s.websub,
             private=s.private,
+            retention=s.retention,
         )
         for s in model.sources
     )
@@ -513,6 +516,7 @@ def _settings(model: _Config, path: Path) -> Settings:
         fetch=FetchSettings(**f.model_dump(exclude={"max_entries"})),
         dedupe=DedupeSettings(**model.dedupe.model_dump()),
         tick=model.tick,
+        retention=model.retention,
         lease=model.lease,
         max_entries=f.max_entries,
         server=ServerSettings(**{**model.server.model_dump(), "header_timeout": model.server.header_timeout.total_seconds()}),

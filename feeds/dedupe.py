@@ -341,6 +341,8 @@ class _Planner:
     def poll(self, stories: Sequence[Story], fingerprints: Sequence[Fingerprint]) -> tuple[int, int]:
         new = updated = 0
         for story, fp in zip(stories, fingerprints, strict=True):
+            if (story.source, story.guid) in self.found.forgotten:
+                continue  # deleted by retention: an old entry the feed still carries is not news
             stored = self.found.known.get((story.source, story.guid))
             if stored is not None:
                 if self._stamps(stored).content_hash != story.content_hash:
@@ -497,12 +499,15 @@ def merge_events(clusters: Sequence[Cluster], links: Sequence[tuple[str, str, Ev
         if len(part) == 1:
             merged.append(replace(first, reports=(tuple(s.id for s in first.members),)))
             continue
-        lead = first.lead
+        # The earliest report's lead first, then each other one in time order: the same lead
+        # whatever order the clusters were created in.
+        leads = sorted((c.lead for c in part), key=lambda s: (s.when, s.id))
+        lead = leads[0]
         best = LeadInfo(lead.id, lead.source, len(matching_text(lead).split()), lead.when)
-        for other in part[1:]:
-            newcomer = LeadInfo(other.lead.id, other.lead.source, len(matching_text(other.lead).split()), other.lead.when)
+        for other in leads[1:]:
+            newcomer = LeadInfo(other.id, other.source, len(matching_text(other).split()), other.when)
             if better_lead(best, newcomer, priorities):
-                lead, best = other.lead, newcomer
+                lead, best = other, newcomer
         members = sorted((s for c in part for s in c.members), key=lambda s: (s.when, s.id))
         reports = tuple(tuple(s.id for s in c.members) for c in part)
         merged.append(Cluster(first_id, first.atom_id, lead, (lead, *(s for s in members if s.id != lead.id)), reports))

@@ -30,6 +30,7 @@ class Source:
     priority: int = 0  # higher wins when electing a cluster's lead story
     websub: bool = False  # subscribe to the hub the feed advertises (needs websub.public_url)
     private: bool = False  # may reach private addresses although its URL names a public host
+    retention: timedelta | None = None  # delete this source's stories older than this (None: the global setting)
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +288,7 @@ class Settings:
     dedupe: DedupeSettings = DedupeSettings()
     tick: timedelta = timedelta(seconds=10)
     lease: timedelta = timedelta(minutes=10)  # how long a worker's claim on a source lasts (PostgreSQL)
+    retention: timedelta | None = None  # delete stories older than this (None: keep everything)
     max_entries: int = 500
     server: ServerSettings = ServerSettings()
     websub: WebSubSettings = WebSubSettings()
@@ -416,6 +418,7 @@ class Found:
     by_band: Mapping[int, tuple[str, ...]]  # band key -> story ids (first seen in the window)
     leads: Mapping[int, LeadInfo]  # cluster id -> its current lead, for the candidates' clusters
     first_times: Mapping[int, datetime]  # cluster id -> when it was first reported
+    forgotten: frozenset[tuple[str, str]] = frozenset()  # (source, guid) of stories retention deleted
 
 
 @dataclass(frozen=True, slots=True)

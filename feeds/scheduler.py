@@ -21,6 +21,7 @@ from feeds.fetch import Fetcher
 from feeds.models import Settings
 from feeds.poll import poll_due
 from feeds.publish import missing_outputs, publish_all
+from feeds.retention import retain
 from feeds.store import Store
 from feeds.workers import Runner
 
@@ -92,6 +93,8 @@ class Daemon:
                 if self.publish_pending or self.role == "publisher":
                     self.announce(publish_all(self.settings, self.store, now=self.clock()))
                     self.publish_pending = False
+                if retain(self.settings, self.store, now=now):  # at most daily
+                    self.publish_pending = True
             if self.subscribe is not None and self.role != "publisher":
                 self.subscribe(self.store, self.clock())
             self.error = None

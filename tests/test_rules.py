@@ -66,7 +66,10 @@ outputs:
 """
     settings = settings_for(
         tmp_path,
-        [{"name": "wire", "url": server.url("/wire"), "title": "Wire"}, {"name": "local", "url": server.url("/local"), "title": "Local"}],
+        [
+            {"name": "wire", "url": server.url("/wire"), "title": "Wire", "priority": 10},
+            {"name": "local", "url": server.url("/local"), "title": "Local"},
+        ],
         outputs=outputs,
     )
     poll(settings, now=NOW)

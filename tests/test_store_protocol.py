@@ -217,3 +217,22 @@ def test_copies_ingested_by_two_processes_at_once_make_one_cluster(postgresql: s
     assert len(clusters) == 10 and all(len(c.members) == 2 for c in clusters)  # one cluster per story, never two
     assert store.story_counts() == {"a": 10, "b": 10}
     store.close()
+
+
+def test_deleted_stories_take_their_index_and_are_not_news_again(storage: str, tmp_path: Path) -> None:
+    store = opened(storage, tmp_path)
+    excerpt = story("e", f"<p>{BODY[:200]}</p>", source="blog")
+    full = story("f", f"<p>WIRE -- {BODY}</p>", source="wire")
+    store_batch(store, excerpt, full)
+    assert [s for s, *_ in store.expiring(before=NOW + timedelta(days=1))] == ["e", "f"]
+    assert store.expiring(before=NOW - timedelta(days=1)) == []
+    assert store.source_stories("wire") == ["f"]
+    assert store.delete_stories(["f"], now=NOW) == 1  # the lead goes: the excerpt leads what is left
+    (cluster,) = store.clusters(["blog", "wire"], exact=False, limit=10)
+    assert cluster.lead.id == "e" and [m.id for m in cluster.members] == ["e"]
+    assert store.event_links(["e", "f"]) == [] or all("f" not in (a, b) for a, b, _ in store.event_links(["e"]))
+    assert store_batch(store, full).counts == ((0, 0),)  # its guid is remembered: not stored again
+    store.delete_stories(["e"], now=NOW)
+    assert store.clusters(["blog", "wire"], exact=False, limit=10) == [] and store.story_counts() == {}
+    store.shrink()
+    store.close()

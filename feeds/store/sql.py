@@ -158,6 +158,16 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX event_links_b ON event_links(b);
     """,
+    # 6: retention: the guids of deleted stories are remembered, so a feed that still carries an
+    # old entry does not bring it back as new
+    """
+    CREATE TABLE forgotten_guids (
+        source TEXT NOT NULL,
+        guid TEXT NOT NULL,
+        forgotten REAL NOT NULL,
+        PRIMARY KEY (source, guid)
+    );
+    """,
 )
 
 
@@ -347,10 +357,13 @@ class Transaction:
         for source, guid in probe.guids:
             by_source.setdefault(source, []).append(guid)
         known: dict[tuple[str, str], str] = {}
+        forgotten: set[tuple[str, str]] = set()
         for source, guids in by_source.items():
             for chunk in _chunks(guids):
                 query = f"SELECT guid, story_id FROM guids WHERE source = ? AND guid IN ({_marks(chunk)})"
                 known.update(((source, guid), story_id) for guid, story_id in self.db.execute(query, (source, *chunk)))
+                query = f"SELECT guid FROM forgotten_guids WHERE source = ? AND guid IN ({_marks(chunk)})"
+                forgotten.update((source, guid) for (guid,) in self.db.execute(query, (source, *chunk)))
         by_key: dict[str, list[str]] = {}
         for chunk in _chunks(probe.keys):
             for key, story_id in self.db.execute(f"SELECT key, story_id FROM story_keys WHERE key IN ({_marks(chunk)})", chunk):
@@ -413,6 +426,7 @@ class Transaction:
             by_band={band: tuple(seq_ids[s] for s in found if s in seq_ids) for band, found in by_band_seq.items()},
             leads=leads,
             first_times=first_times,
+            forgotten=frozenset(forgotten),
         )
 
     def save(self, plan: Plan) -> None:
@@ -604,6 +618,56 @@ class SQLStore:
         with self._write() as db:
             return int(db.execute("DELETE FROM story_bands WHERE first_seen < ?", (to_epoch(before),)).rowcount)
 
+    def expiring(self, *, before: datetime) -> list[tuple[str, str, int, datetime]]:
+        """(story id, source, cluster id, time) of every story in a cluster whose newest story
+        is older than `before`: what retention may delete."""
+        query = (
+            "SELECT id, source, cluster_id, COALESCE(published, first_seen) AS t FROM stories WHERE cluster_id IN "
+            "(SELECT cluster_id FROM stories GROUP BY cluster_id HAVING MAX(COALESCE(published, first_seen)) < ?) ORDER BY id"
+        )
+        return [(r[0], r[1], r[2], from_epoch(r[3])) for r in self._read(query, (to_epoch(before),))]  # type: ignore[misc]
+
+    def source_stories(self, source: str) -> list[str]:
+        """The ids of every story of one source."""
+        return [r[0] for r in self._read("SELECT id FROM stories WHERE source = ? ORDER BY id", (source,))]
+
+    def delete_stories(self, story_ids: Sequence[str], *, now: datetime) -> int:
+        """Delete stories with their keys, bands, links and guids (the guids are remembered:
+        `forgotten_guids`); clusters left empty go, a cluster whose lead went gets its earliest
+        remaining story as lead, and cluster times are recomputed. One transaction."""
+        ids = sorted(set(story_ids))
+        deleted = 0
+        with self._write(assign=True) as db:
+            affected: set[int] = set()
+            for chunk in _chunks(ids):
+                marks = _marks(chunk)
+                for near, exact in db.execute(f"SELECT cluster_id, exact_cluster_id FROM stories WHERE id IN ({marks})", chunk):
+                    affected.update((near, exact))
+                db.execute(
+                    f"INSERT INTO forgotten_guids SELECT source, guid, ? FROM guids WHERE story_id IN ({marks}) ON CONFLICT DO NOTHING",
+                    (to_epoch(now), *chunk),
+                )
+                db.execute(f"DELETE FROM guids WHERE story_id IN ({marks})", chunk)
+                db.execute(f"DELETE FROM story_keys WHERE story_id IN ({marks})", chunk)
+                db.execute(f"DELETE FROM story_bands WHERE seq IN (SELECT seq FROM stories WHERE id IN ({marks}))", chunk)
+                db.execute(f"DELETE FROM event_links WHERE a IN ({marks}) OR b IN ({marks})", (*chunk, *chunk))
+                deleted += int(db.execute(f"DELETE FROM stories WHERE id IN ({marks})", chunk).rowcount)
+            members = "(CASE clusters.kind WHEN 'near' THEN s.cluster_id ELSE s.exact_cluster_id END) = clusters.id"
+            for chunk in _chunks(sorted(affected)):
+                marks = _marks(chunk)
+                db.execute(f"DELETE FROM clusters WHERE id IN ({marks}) AND NOT EXISTS (SELECT 1 FROM stories s WHERE {members})", chunk)
+                db.execute(
+                    f"UPDATE clusters SET lead = (SELECT s.id FROM stories s WHERE {members} "
+                    "ORDER BY COALESCE(s.published, s.first_seen), s.id LIMIT 1), "
+                    f"first_time = (SELECT MIN(COALESCE(s.published, s.first_seen)) FROM stories s WHERE {members}) "
+                    f"WHERE id IN ({marks})",
+                    chunk,
+                )
+        return deleted
+
+    def shrink(self) -> None:
+        """Give the space of deleted rows back (the backend's way); a no-op by default."""
+
     def output_digest(self, name: str) -> str | None:
         """The digest of what was last published for an output."""
         row = self._one("SELECT digest FROM outputs WHERE name = ?", (name,))
@@ -645,6 +709,7 @@ TABLES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("story_keys", ("key", "story_id"), ("key", "story_id")),
     ("story_bands", ("band", "first_seen", "seq"), ("band", "first_seen", "seq")),
     ("event_links", ("a", "b", "score", "hours", "evidence"), ("a", "b")),
+    ("forgotten_guids", ("source", "guid", "forgotten"), ("source", "guid")),
     ("outputs", ("name", "digest", "published"), ("name",)),
 )
 

@@ -134,6 +134,20 @@ class SQLiteStore(SQLStore):
                     raise StoreError(f"{self.path}: {exc} (nothing of this transaction was saved)") from exc
                 raise
 
+    def shrink(self) -> None:
+        """Give freed pages back to the file system: the first time, switch the file to
+        incremental auto-vacuum (a one-time VACUUM rewrites it); after that, an incremental
+        vacuum frees only the pages deletes left, without rewriting the file."""
+        with self._lock:
+            try:
+                if int(self._db.execute("PRAGMA auto_vacuum").fetchone()[0]) != 2:
+                    self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                    self._db.execute("VACUUM")
+                else:
+                    self._db.execute("PRAGMA incremental_vacuum")
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: cannot shrink the database: {exc}") from exc
+
     def due(self, now: datetime, *, force: bool = False, limit: int | None = None, names: Collection[str] = ()) -> list[SourceState]:
         """The stored states due at `now` (of `names` only, if given; all but gone ones with
         `force`), never one inside a Retry-After window: one indexed query, whatever the number
