@@ -121,6 +121,7 @@ class _Output(_Model):
     per_source_limit: Annotated[int, Field(ge=1, le=10_000)] | None = None
     min_sources: Annotated[int, Field(ge=1, le=100)] = 1
     title_template: Annotated[str, Field(min_length=1, max_length=500)] | None = None
+    archive: bool = False
 
 
 class _Fetch(_Model):
@@ -500,6 +501,7 @@ def _settings(model: _Config, path: Path) -> Settings:
             per_source_limit=o.per_source_limit,
             min_sources=o.min_sources,
             title_template=o.title_template,
+            archive=o.archive,
         )
         for o in model.outputs
     )

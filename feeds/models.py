@@ -215,6 +215,7 @@ class OutputSpec:
     per_source_limit: int | None = None  # entries led by one source
     min_sources: int = 1  # independent reports an entry needs
     title_template: str | None = None  # e.g. "[{source}] {title}"
+    archive: bool = False  # RFC 5005 archive documents of what leaves the live feed
 
     @property
     def has_rules(self) -> bool:

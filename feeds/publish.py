@@ -8,6 +8,7 @@ import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from feeds.dedupe import merge_events
 from feeds.errors import PublishError
 from feeds.metrics import PUBLISH_SECONDS, PUBLISHES
 from feeds.models import Cluster, OutputSpec, Settings, SourceState
-from feeds.render import RENDERERS, Alert, FeedView, SourceInfo, render_all
+from feeds.render import RENDERERS, Alert, FeedView, SourceInfo, render_all, render_atom
 from feeds.rules import select
 from feeds.store import STORE_MARKER, Store
 from feeds.untrusted import web_url
@@ -126,6 +127,62 @@ def output_clusters(settings: Settings, store: Store, output: OutputSpec, names:
     return select(clusters, output, now=now)
 
 
+def archive_name(output: str, page: int) -> str:
+    """The file name (without extension) of an output's archive page."""
+    return f"{output}-archive-{page}"
+
+
+def archive(
+    settings: Settings,
+    store: Store,
+    output: OutputSpec,
+    *,
+    sources: Mapping[str, SourceInfo],
+    live: Sequence[Cluster],
+    now: datetime,
+    written: list[str],
+) -> tuple[str | None, list[Cluster]]:
+    """RFC 5005 archives: entries that left the live feed become archive pages of `limit`
+    clusters each, oldest first; a page is written once and never again (`fh:archive`, linked to
+    the live feed as `current` and to the page before as `prev-archive`), and every cluster is
+    in exactly one page, even one first polled long after its time. Returns the newest page's
+    URL, for the live feed's `prev-archive` link, and the entries that left the live window but
+    do not fill a page yet: the live document carries them (RFC 5005: everything not archived
+    is in the current document), so a reader paging back misses nothing."""
+    pages = store.archive_pages(output.name)
+    page = pages[-1] if pages else 0
+    leftover: list[Cluster] = []
+    if live:  # nothing the live feed shows, or anything newer, is archived
+        before = min(m.when for c in live for m in c.members)
+        current = f"{settings.base_url}{output.name}.atom"
+        exact = output.dedupe == "exact"
+        priorities = {s.name: s.priority for s in settings.sources}
+        kept = replace(output, max_age=None, per_source_limit=None, limit=output.limit)  # patterns and min_sources hold
+
+        def entries_of(batch: list[Cluster]) -> list[Cluster]:
+            if output.dedupe == "event":
+                batch = merge_events(batch, store.event_links(s.id for c in batch for s in c.members), priorities)
+            return select(batch, kept, now=now)
+
+        while True:
+            batch = store.unarchived(sources, exact=exact, output=output.name, before=before, limit=output.limit)
+            if len(batch) < output.limit:
+                leftover = entries_of(batch)
+                break
+            entries = entries_of(batch)
+            page += 1
+            name = archive_name(output.name, page)
+            spec = replace(output, name=name, title=f"{output.title} (archive {page})")
+            prev = f"{settings.base_url}{archive_name(output.name, page - 1)}.atom" if page > 1 else None
+            view = FeedView(spec, tuple(entries), sources, settings.base_url, prev_archive=prev, current=current)
+            path = settings.publish_dir / f"{name}.atom"
+            write_atomic(path, render_atom(view))
+            written.append(str(path))
+            store.add_archive_page(output.name, page, [c.id for c in batch], now=now)
+            log.info("archived output=%s page=%d entries=%d", output.name, page, len(entries))
+    return (f"{settings.base_url}{archive_name(output.name, page)}.atom" if page else None), leftover
+
+
 def publish_all(settings: Settings, store: Store, *, now: datetime) -> list[str]:
     """Render every output and write the files that changed; return the paths written."""
     directory = settings.publish_dir
@@ -140,12 +197,17 @@ def publish_all(settings: Settings, store: Store, *, now: datetime) -> list[str]
         write_atomic(marker, f"{settings.storage}\n".encode())
     states = store.states()
     infos = source_infos(settings, states)
-    written = []
+    written: list[str] = []
     for output in settings.outputs:
         names = [s.name for s in settings.sources if output.includes(s)]
         clusters = output_clusters(settings, store, output, names, now=now)
         alerts = failure_alerts(output, names, infos, states, now=now)
-        view = FeedView(output, tuple(clusters), {n: infos[n] for n in names}, settings.base_url, hub=settings.websub.hub, alerts=alerts)
+        sources = {n: infos[n] for n in names}
+        newest = None
+        if output.archive:
+            newest, leftover = archive(settings, store, output, sources=sources, live=clusters, now=now, written=written)
+            clusters = [*clusters, *leftover]
+        view = FeedView(output, tuple(clusters), sources, settings.base_url, hub=settings.websub.hub, alerts=alerts, prev_archive=newest)
         files = render_all(view)
         digest = hashlib.sha256(b"".join(files.values())).hexdigest()
         for fmt, data in files.items():

@@ -29,6 +29,7 @@ from feeds.untrusted import xml_safe
 log = logging.getLogger(__name__)
 
 ATOM_NS = "http://www.w3.org/2005/Atom"
+HISTORY_NS = "http://purl.org/syndication/history/1.0"  # RFC 5005 feed paging and archiving
 FORMATS = {"atom": "application/atom+xml", "rss": "application/rss+xml", "json": "application/feed+json"}
 
 
@@ -75,6 +76,8 @@ class FeedView:
     base_url: str
     hub: str | None = None  # a WebSub hub to advertise
     alerts: tuple[Alert, ...] = ()
+    prev_archive: str | None = None  # RFC 5005: the newest archive page before this document
+    current: str | None = None  # RFC 5005: set on an archive page, the live feed it belongs to
 
     def url(self, fmt: str) -> str:
         """The public URL of this output in one format."""
@@ -120,10 +123,17 @@ class _SourceFeedExt(BaseExtension):  # type: ignore[misc]
     def __init__(self) -> None:
         self.rss_self: str | None = None
         self.hub: str | None = None
+        self.prev_archive: str | None = None
+        self.current: str | None = None
 
     def extend_atom(self, feed: Any) -> Any:
         if self.hub:
             xml_elem("link", feed, rel="hub", href=self.hub)
+        if self.current:  # an archive document (RFC 5005): immutable, linked to the live feed
+            xml_elem(f"{{{HISTORY_NS}}}archive", feed)
+            xml_elem("link", feed, rel="current", href=self.current, type=FORMATS["atom"])
+        if self.prev_archive:
+            xml_elem("link", feed, rel="prev-archive", href=self.prev_archive, type=FORMATS["atom"])
         return feed
 
     def extend_rss(self, feed: Any) -> Any:
@@ -178,6 +188,8 @@ def _generator(view: FeedView) -> FeedGenerator:
     fg.register_extension("feedssource", _SourceFeedExt, _SourceEntryExt, atom=True, rss=True)
     fg.feedssource.rss_self = view.url("rss")
     fg.feedssource.hub = view.hub
+    fg.feedssource.prev_archive = view.prev_archive
+    fg.feedssource.current = view.current
     fg.id(view.url("atom"))
     fg.title(view.output.title)
     fg.subtitle(view.output.description or f"{view.output.title}: merged by feeds")

@@ -15,6 +15,7 @@ import hashlib
 import html
 import json
 import logging
+import re
 import resource
 import signal
 import threading
@@ -69,6 +70,9 @@ class Published:
     media_type: str
 
 
+_ARCHIVE = re.compile(r"^(.+)-archive-[1-9][0-9]{0,8}$")
+
+
 class PublishedFiles:
     """Reads published outputs from publish_dir, cached until the file changes."""
 
@@ -79,8 +83,14 @@ class PublishedFiles:
         self._json: dict[str, tuple[str, dict[str, Any]]] = {}  # by the JSON file's ETag
         self._lock = threading.Lock()
 
+    def is_archive(self, name: str, fmt: str) -> bool:
+        """True for an archive page of an output that keeps archives (RFC 5005): immutable."""
+        match = _ARCHIVE.match(name)
+        output = self.outputs.get(match.group(1)) if match else None
+        return fmt == "atom" and output is not None and output.archive
+
     def _path(self, name: str, fmt: str) -> Path | None:
-        if name not in self.outputs or fmt not in FORMATS:
+        if not (name in self.outputs and fmt in FORMATS) and not self.is_archive(name, fmt):
             return None
         path = self.directory / f"{name}.{fmt}"
         # Never follow a link out of the publish directory.
@@ -247,10 +257,11 @@ def create_app(
             return PlainTextResponse("not found\n", status_code=404)
         gzipped = _accepts_gzip(request) and len(published.data) > 512
         etag = published.etag[:-1] + '-gzip"' if gzipped else published.etag
+        immutable = files.is_archive(name, fmt)  # an archive page never changes once written
         headers = {
             "ETag": etag,
             "Last-Modified": format_datetime(published.modified, usegmt=True),
-            "Cache-Control": f"public, max-age={max_age}",
+            "Cache-Control": "public, max-age=31536000, immutable" if immutable else f"public, max-age={max_age}",
             "Vary": "Accept-Encoding",
         }
         inm = request.headers.get("if-none-match")

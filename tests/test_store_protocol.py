@@ -236,3 +236,18 @@ def test_deleted_stories_take_their_index_and_are_not_news_again(storage: str, t
     assert store.clusters(["blog", "wire"], exact=False, limit=10) == [] and store.story_counts() == {}
     store.shrink()
     store.close()
+
+
+def test_archive_pages_hold_each_cluster_once(storage: str, tmp_path: Path) -> None:
+    store = opened(storage, tmp_path)
+    older = story("o", "<p>" + " ".join(f"older{i}" for i in range(40)) + "</p>", source="wire")
+    newer = story("n", "<p>" + " ".join(f"newer{i}" for i in range(40)) + "</p>", source="wire")
+    store_batch(store, replace(older, published=NOW - timedelta(days=2)), replace(newer, published=NOW - timedelta(days=1)))
+    pending = store.unarchived(["wire"], exact=False, output="all", before=NOW, limit=10)
+    assert [c.lead.id for c in pending] == ["o", "n"]  # oldest first
+    assert store.unarchived(["wire"], exact=False, output="all", before=NOW - timedelta(days=1), limit=10)[0].lead.id == "o"
+    store.add_archive_page("all", 1, [pending[0].id], now=NOW)
+    assert store.archive_pages("all") == [1] and store.archive_pages("other") == []
+    assert [c.lead.id for c in store.unarchived(["wire"], exact=False, output="all", before=NOW, limit=10)] == ["n"]
+    assert len(store.unarchived(["wire"], exact=False, output="other", before=NOW, limit=10)) == 2
+    store.close()

@@ -168,6 +168,21 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (source, guid)
     );
     """,
+    # 7: RFC 5005 archives: the pages written for each output, immutable once written
+    """
+    CREATE TABLE archive_pages (
+        output TEXT NOT NULL,
+        page INTEGER NOT NULL,
+        written REAL NOT NULL,
+        PRIMARY KEY (output, page)
+    );
+    CREATE TABLE archived (
+        output TEXT NOT NULL,
+        cluster_id INTEGER NOT NULL,
+        page INTEGER NOT NULL,
+        PRIMARY KEY (output, cluster_id)
+    );
+    """,
 )
 
 
@@ -568,6 +583,17 @@ class SQLStore:
 
     def clusters(self, sources: Iterable[str], *, exact: bool, limit: int) -> list[Cluster]:
         """The newest `limit` clusters with a story from `sources`; members limited to them."""
+        return self._clusters(sources, exact=exact, limit=limit, order="c.first_time DESC NULLS LAST, c.id DESC")
+
+    def unarchived(self, sources: Iterable[str], *, exact: bool, output: str, before: datetime, limit: int) -> list[Cluster]:
+        """The oldest `limit` clusters first reported before `before` that no archive page of
+        `output` holds yet, oldest first (what the output's next archive page holds)."""
+        where = "c.first_time < ? AND NOT EXISTS (SELECT 1 FROM archived a WHERE a.output = ? AND a.cluster_id = c.id)"
+        return self._clusters(sources, exact=exact, limit=limit, order="c.first_time, c.id", where=where, bounds=(to_epoch(before), output))
+
+    def _clusters(
+        self, sources: Iterable[str], *, exact: bool, limit: int, order: str, where: str = "1 = 1", bounds: tuple[Any, ...] = ()
+    ) -> list[Cluster]:
         names = sorted(set(sources))
         if not names or limit <= 0:
             return []
@@ -575,9 +601,9 @@ class SQLStore:
         ids = [
             r[0]
             for r in self._read(
-                f"SELECT c.id FROM clusters c WHERE c.kind = ? AND EXISTS (SELECT 1 FROM stories s WHERE s.{column} = c.id "
-                f"AND s.source IN ({_marks(names)})) ORDER BY c.first_time DESC NULLS LAST, c.id DESC LIMIT ?",
-                ("exact" if exact else "near", *names, limit),
+                f"SELECT c.id FROM clusters c WHERE c.kind = ? AND {where} AND EXISTS (SELECT 1 FROM stories s "
+                f"WHERE s.{column} = c.id AND s.source IN ({_marks(names)})) ORDER BY {order} LIMIT ?",
+                ("exact" if exact else "near", *bounds, *names, limit),
             )
         ]
         if not ids:
@@ -594,6 +620,16 @@ class SQLStore:
             for r in self._read(f"SELECT id, atom_id, lead FROM clusters WHERE id IN ({_marks(ids)})", ids)
         }
         return [ordered_cluster(i, heads[i][0], heads[i][1], members[i]) for i in ids]
+
+    def archive_pages(self, output: str) -> list[int]:
+        """The archive pages written for an output, in order."""
+        return [r[0] for r in self._read("SELECT page FROM archive_pages WHERE output = ? ORDER BY page", (output,))]
+
+    def add_archive_page(self, output: str, page: int, cluster_ids: Sequence[int], *, now: datetime) -> None:
+        """Record an archive page and the clusters it holds (it is never written again)."""
+        with self._write() as db:
+            db.execute("INSERT INTO archive_pages VALUES (?, ?, ?)", (output, page, to_epoch(now)))
+            db.executemany("INSERT INTO archived VALUES (?, ?, ?)", [(output, c, page) for c in cluster_ids])
 
     def event_links(self, story_ids: Iterable[str]) -> list[tuple[str, str, EventLink]]:
         """The verified same-event links with an end among `story_ids`, each once, in id order."""
@@ -710,6 +746,8 @@ TABLES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("story_bands", ("band", "first_seen", "seq"), ("band", "first_seen", "seq")),
     ("event_links", ("a", "b", "score", "hours", "evidence"), ("a", "b")),
     ("forgotten_guids", ("source", "guid", "forgotten"), ("source", "guid")),
+    ("archive_pages", ("output", "page", "written"), ("output", "page")),
+    ("archived", ("output", "cluster_id", "page"), ("output", "cluster_id")),
     ("outputs", ("name", "digest", "published"), ("name",)),
 )
 
