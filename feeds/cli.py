@@ -11,13 +11,14 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -31,7 +32,7 @@ from feeds.events import MIN_SCORE
 from feeds.fetch import Fetcher
 from feeds.manage import ConfigFile, ManageError, check_address, discover, read_opml, slugify, unique_name, write_opml
 from feeds.metrics import StoreCollector, exposition
-from feeds.models import OutputSpec, PollOutcome, Settings, SourceState
+from feeds.models import OutputSpec, PollOutcome, Settings, SourceState, word
 from feeds.normalize import canonical_url
 from feeds.policy import initial_state, reconcile
 from feeds.poll import poll_due
@@ -78,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             default=False if default is None else default,
             help="print nothing on success: only errors (for cron)",
+        )
+        target.add_argument(
+            "--log-format",
+            choices=["text", "json"],
+            default="text" if default is None else default,
+            help="log lines as text (default) or one JSON object per line (for log collectors)",
         )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
 
@@ -168,7 +175,7 @@ def _main(argv: Sequence[str] | None) -> int:
         else [logging.WARNING if args.verb not in ("run", "serve") else logging.INFO, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     )
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if args.log_format == "json" else SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(RepeatFilter())
     logging.basicConfig(level=level, handlers=[handler])
     logging.getLogger("apscheduler").setLevel(max(level, logging.WARNING))
@@ -407,7 +414,7 @@ def _list_sources(settings: Settings, *, as_json: bool) -> int:
             "url": s.url,
             "title": s.title,
             "tags": list(s.tags),
-            "state": states[s.name].status if s.name in states else "new",
+            "state": word(states[s.name].status) if s.name in states else "new",
         }
         for s in settings.sources
     ]
@@ -582,6 +589,30 @@ class SafeFormatter(logging.Formatter):
         return terminal_safe(super().format(record))
 
 
+_FIELD = re.compile(r"(\w{1,64})=(\"[^\"]{0,2000}\"|\S{1,2000})")
+
+
+class JsonFormatter(logging.Formatter):
+    """`--log-format json`: one object per line, `{"time", "level", "logger", "event", ...fields,
+    "message"}`; the `key=value` pairs of a line become fields (JSON escapes every control
+    character, so nothing from a feed can break a line)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": message.split(" ", 1)[0] if message else "",
+        }
+        for key, value in _FIELD.findall(message):
+            entry.setdefault(key, value.strip('"'))
+        entry["message"] = message
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
 class RepeatFilter(logging.Filter):
     """The same message from the same place within REPEAT_WINDOW seconds is logged once, then
     counted (an accept loop out of file descriptors would write megabytes a second)."""
@@ -614,7 +645,7 @@ def _print(text: str = "", *, file: Any = None) -> None:
 
 def _progress(done: int, total: int, outcome: PollOutcome) -> None:
     """One self-overwriting line on a terminal: how far polling has come."""
-    print(f"\rpolled {done}/{total} sources (last: {outcome.source} {outcome.status})\x1b[K", end="", file=sys.stderr, flush=True)
+    print(f"\rpolled {done}/{total} sources (last: {outcome.source} {word(outcome.status)})\x1b[K", end="", file=sys.stderr, flush=True)
 
 
 def _print_outcomes(outcomes: list[PollOutcome], written: list[str], *, as_json: bool, quiet: bool = False) -> None:
@@ -630,21 +661,37 @@ def _print_outcomes(outcomes: list[PollOutcome], written: list[str], *, as_json:
         _print("no source is due (use --force to poll anyway)")
     for o in sorted(outcomes, key=lambda o: o.source):
         detail = o.error or (f"{o.new} new, {o.updated} updated" + (f" (warning: {o.warning})" if o.warning else ""))
-        _print(f"{o.source:<20} {o.status:<13} {detail}")
+        _print(f"{o.source:<20} {word(o.status):<13} {detail}")
     for path in written:
         _print(f"wrote {path}")
 
 
 def _outcome_json(o: PollOutcome) -> dict[str, Any]:
-    return {"source": o.source, "status": o.status, "new": o.new, "updated": o.updated, "error": o.error, "warning": o.warning}
+    return {"source": o.source, "status": word(o.status), "new": o.new, "updated": o.updated, "error": o.error, "warning": o.warning}
 
 
 def _stamp(value: datetime | None) -> str | None:
     return to_rfc3339(value) if value else None
 
 
+def ago(value: datetime | None, *, now: datetime) -> str:
+    """A time as people say it: "just now", "3 min ago", "5 h ago", "9 days ago" (or "in 4 min")."""
+    if value is None:
+        return "-"
+    seconds = (now - value).total_seconds()
+    future, seconds = seconds < 0, abs(seconds)
+    if seconds < 45:
+        return "just now" if not future else "now"
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size * (1.5 if unit == "days" else 1):
+            amount = round(seconds / size)
+            text = f"{amount} {'day' if unit == 'days' and amount == 1 else unit}"
+            return f"in {text}" if future else f"{text} ago"
+    return "in 1 min" if future else "1 min ago"
+
+
 def describe_state(state: SourceState, *, now: datetime) -> str:
-    """One phrase for a source's state: ok, not modified, failing since ..., gone, ..."""
+    """One phrase for a source's state: ok, unchanged, failing since ..., gone, ..."""
     if state.status == "gone":
         return "gone (HTTP 410; `feeds sources reset` to resume)"
     if state.retry_after and state.retry_after > now:
@@ -652,7 +699,7 @@ def describe_state(state: SourceState, *, now: datetime) -> str:
     if state.status == "failing":
         since = format_duration(now - state.failing_since) if state.failing_since else "?"
         return f"failing for {since}, backing off until {_stamp(state.next_poll)}"
-    text = {"new": "never polled", "ok": "ok", "not_modified": "not modified"}.get(state.status, state.status)
+    text = {"new": "never polled"}.get(state.status, word(state.status))
     if state.moved_from:
         text += f" (moved from {state.moved_from})"
     if state.redirect_to:
@@ -665,13 +712,15 @@ def _status(settings: Settings, store: Store, *, as_json: bool) -> int:
     states = store.states()
     counts = store.story_counts()
     rows = []
+    shown = []
     for source in settings.sources:
         state = reconcile(states.get(source.name), source)
+        shown.append(state)
         rows.append(
             {
                 "source": source.name,
                 "url": strip_userinfo(state.url),
-                "status": state.status,
+                "status": word(state.status),
                 "state": describe_state(state, now=now),
                 "last_poll": _stamp(state.last_poll),
                 "last_success": _stamp(state.last_success),
@@ -690,16 +739,16 @@ def _status(settings: Settings, store: Store, *, as_json: bool) -> int:
     if as_json:
         print(json.dumps(rows, indent=2))
     else:
-        _print(f"{'SOURCE':<20} {'STORIES':>7} {'LAST SUCCESS':<21} {'NEXT POLL':<21} {'INTERVAL':<18} STATE")
-        for r in rows:
+        _print(f"{'SOURCE':<20} {'STORIES':>7} {'LAST SUCCESS':<14} {'NEXT POLL':<14} {'INTERVAL':<18} STATE")
+        for r, state in zip(rows, shown, strict=True):
             interval = f"{r['interval']} ({r['interval_reason']})"
+            next_poll = ago(state.next_poll, now=now) if state.next_poll and state.next_poll > now else "due"
             _print(
-                f"{r['source']:<20} {r['stories']:>7} {r['last_success'] or '-':<21} "
-                f"{r['next_poll'] or 'due':<21} {interval:<18} {r['state']}"
+                f"{r['source']:<20} {r['stories']:>7} {ago(state.last_success, now=now):<14} {next_poll:<14} {interval:<18} {r['state']}"
             )
             if r["error"]:
                 _print(f"{'':<20} error: {r['error']}")
-    return FAILED if any(r["status"] in ("failing", "gone") for r in rows) else OK
+    return FAILED if any(state.status in ("failing", "gone") for state in shown) else OK
 
 
 def _clusters(settings: Settings, store: Store, *, mode: Literal["event", "copies", "exact"], as_json: bool) -> int:

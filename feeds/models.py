@@ -16,6 +16,12 @@ SourceStatus = Literal["new", "ok", "not_modified", "failing", "gone"]
 OutcomeStatus = Literal["ok", "not_modified", "unchanged", "failed", "gone", "skipped"]
 
 
+def word(status: str) -> str:
+    """The one word users see for a poll outcome or a source status, wherever they read it (CLI,
+    JSON, logs, pages): a 304 and a body that did not change are both "unchanged"."""
+    return "unchanged" if status == "not_modified" else status
+
+
 @dataclass(frozen=True, slots=True)
 class Source:
     """A feed the user listed in the config."""

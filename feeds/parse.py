@@ -44,6 +44,12 @@ _WHITESPACE = b" \t\r\n\f\v"
 _DOCTYPE_NAME = re.compile(rb"[\w:.-]{1,100}")
 
 
+_EMAIL = r"[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,8}"
+_AUTHOR_FORMS = re.compile(
+    rf"^\s*(?:(?P<email>{_EMAIL})\s*\((?P<name>[^()]{{1,200}})\)|(?P<name2>[^<>()@]{{1,200}}?)\s*<(?P<email2>{_EMAIL})>)\s*$"
+)
+
+
 def _bound_feedparser() -> None:
     """feedparser looks for an e-mail address in every author with a regex that is quadratic in
     the author's length (minutes for a long one, holding the GIL). Authors are cut to MAX_NAME
@@ -58,7 +64,17 @@ def _bound_feedparser() -> None:
         context = self._get_context()
         value = context.get(key)
         if isinstance(value, str) and len(value) > MAX_NAME:
-            context[key] = value[:MAX_NAME]
+            context[key] = value = value[:MAX_NAME]
+        detail = context.get(f"{key}s", [feedparser.util.FeedParserDict()])[-1]
+        # RSS's "e-mail (name)" and the "name <e-mail>" form, read whole: feedparser's own regex
+        # takes a top-level domain of at most 4 letters, so "ines@wire.example (Ines Calder)"
+        # became the name "ple (Ines Calder".
+        match = _AUTHOR_FORMS.match(value) if isinstance(value, str) and not detail else None
+        if match:
+            context.setdefault(f"{key}_detail", detail)
+            detail["name"] = (match.group("name") or match.group("name2")).strip()
+            detail["email"] = match.group("email") or match.group("email2")
+            return
         original(self, key)
 
     sync_author_detail._bounded = True  # type: ignore[attr-defined]

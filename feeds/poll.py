@@ -18,7 +18,7 @@ from feeds import dedupe, policy
 from feeds.errors import StoreError
 from feeds.fetch import Fetcher
 from feeds.metrics import record_poll
-from feeds.models import FetchResult, Fingerprint, OutcomeStatus, PollOutcome, Settings, Source, SourceState, Story
+from feeds.models import FetchResult, Fingerprint, OutcomeStatus, PollOutcome, Settings, Source, SourceState, Story, word
 from feeds.normalize import stable_hash
 from feeds.prepare import Options, Prepared, prepare
 from feeds.store import PollTransaction, Store
@@ -339,7 +339,7 @@ def _outcome(source: Source, result: FetchResult, prepared: Prepared, new: int, 
         if new_state.warning and prepared.parsed:
             log.warning("poll-warning source=%s warning=%s", source.name, new_state.warning)
         status: OutcomeStatus = "ok" if prepared.parsed else ("not_modified" if result.status == 304 else "unchanged")
-        log.info("polled source=%s status=%s new=%d updated=%d", source.name, status, new, updated)
+        log.info("polled source=%s status=%s new=%d updated=%d", source.name, word(status), new, updated)
         outcome = PollOutcome(source.name, status, new=new, updated=updated, warning=new_state.warning if prepared.parsed else None)
     record_poll(outcome, result)
     return outcome

@@ -98,6 +98,15 @@ class FeedView:
         return self.sources.get(story.source) or SourceInfo(story.source, story.source, "")
 
 
+def byline(story: Story, outlet: str) -> list[str]:
+    """Who wrote a story, as readers show it: "Ines Calder, Meridian Wire" for each author with
+    a name (or e-mail), the outlet alone when there is none. Every format says the outlet where
+    readers display an author (Atom author, RSS dc:creator, JSON Feed authors). Not "Ines Calder
+    (Meridian Wire)": readers take RSS's "name (e-mail)" habit and drop the outlet as an e-mail."""
+    names = [a.name or a.email or "" for a in story.authors if a.name or a.email]
+    return [name if outlet.casefold() in name.casefold() else f"{name}, {outlet}" for name in names] or [outlet]
+
+
 def entry_html(view: FeedView, cluster: Cluster) -> str | None:
     """The lead's sanitized HTML followed by "Also reported by" links to the other outlets."""
     lead = cluster.lead
@@ -186,6 +195,7 @@ class _SourceEntryExt(BaseEntryExtension):  # type: ignore[misc]
 def _generator(view: FeedView) -> FeedGenerator:
     fg = FeedGenerator()
     fg.register_extension("feedssource", _SourceFeedExt, _SourceEntryExt, atom=True, rss=True)
+    fg.load_extension("dc", atom=False, rss=True)
     fg.feedssource.rss_self = view.url("rss")
     fg.feedssource.hub = view.hub
     fg.feedssource.prev_archive = view.prev_archive
@@ -252,15 +262,12 @@ def _entry(fe: FeedEntry, view: FeedView, cluster: Cluster) -> None:
     fe.feedssource.updated = max((m.stamp for m in cluster.members if m.source == lead.source), default=lead.stamp)
     fe.updated(cluster.updated)
     fe.published(lead.when)
-    authors = [
-        {
-            "name": xml_safe(a.name or a.email or outlet.title),
-            **({"email": xml_safe(a.email)} if a.email else {}),
-            **({"uri": a.uri} if a.uri else {}),
-        }
-        for a in lead.authors
-    ]
+    # Names, never e-mail addresses: RSS's <author> must be one (newsboat misreads "e-mail (name)",
+    # and republishing addresses only feeds harvesters), so RSS carries dc:creator instead.
+    names = byline(lead, outlet.title)
+    authors = [{"name": xml_safe(name), **({"uri": a.uri} if a.uri else {})} for name, a in zip(names, lead.authors, strict=False)]
     fe.author(authors or [{"name": xml_safe(outlet.title)}])
+    fe.dc.dc_creator([xml_safe(n) for n in names])
     if lead.content_html and lead.summary_html:
         fe.summary(xml_safe(lead.summary_html), type="html")
     # Atom needs content or an alternate link; an entry with neither still gets its title as text.
@@ -333,7 +340,7 @@ def _render_json(view: FeedView) -> bytes:
             "content_html": entry_html(view, cluster) or "",
             "date_published": to_rfc3339(lead.when),
             "date_modified": to_rfc3339(cluster.updated),
-            "authors": [{"name": a.name or a.email} for a in lead.authors if a.name or a.email] or [{"name": outlet.title}],
+            "authors": [{"name": name} for name in byline(lead, outlet.title)],
             "_feeds": {
                 "seq": cluster.id,  # grows with every new story: the river page's live-update cursor
                 "source": {"name": outlet.name, "title": outlet.title, "feed_url": outlet.feed_url or None, "home_page_url": outlet.link},

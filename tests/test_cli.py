@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import feedparser
@@ -197,3 +199,46 @@ def test_the_config_is_found_without_a_path(tmp_path: Path, server: FeedServer) 
     assert check(elsewhere, FEEDS_CONFIG=str(config)).stdout.startswith(f"{config}: ok")  # wherever cron runs it
     missing = check(elsewhere)
     assert missing.returncode == 2 and "set FEEDS_CONFIG" in missing.stderr and "/etc/feeds/feeds.yaml" in missing.stderr
+
+
+def test_one_word_per_state_and_times_as_people_say_them(tmp_path: Path, server: FeedServer) -> None:
+    server.serve("/a", rss(story_item(1)), etag='"v1"')
+    config = write_config(tmp_path, [{"name": "a", "url": server.url("/a")}])
+    run_feeds("poll", "-c", str(config))
+    again = json.loads(run_feeds("poll", "--force", "--json", "-c", str(config)).stdout)  # a 304
+    assert again["sources"][0]["status"] == "unchanged"
+    table = run_feeds("status", "-c", str(config)).stdout
+    assert " unchanged" in table and "not modified" not in table and "not_modified" not in table
+    assert "just now" in table and re.search(r"in \d+ min", table)
+    rows = json.loads(run_feeds("status", "--json", "-c", str(config)).stdout)
+    assert rows[0]["status"] == "unchanged" and rows[0]["last_success"].endswith("Z")  # JSON keeps exact times
+    listed = json.loads(run_feeds("sources", "list", "--json", "-c", str(config)).stdout)
+    assert listed[0]["state"] == "unchanged"
+
+
+def test_relative_times() -> None:
+    from feeds.cli import ago
+
+    now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    said = {
+        ago(now - timedelta(seconds=10), now=now),
+        ago(now - timedelta(minutes=3), now=now),
+        ago(now - timedelta(hours=5), now=now),
+        ago(now - timedelta(days=9), now=now),
+        ago(now + timedelta(minutes=4), now=now),
+    }
+    assert said == {"just now", "3 min ago", "5 h ago", "9 days ago", "in 4 min"}
+    assert ago(now - timedelta(days=1), now=now) == "24 h ago" and ago(None, now=now) == "-"
+
+
+def test_json_logs_are_one_object_per_line(tmp_path: Path, server: FeedServer) -> None:
+    server.serve("/a", rss(story_item(1)))
+    server.serve("/down", "", status=503)
+    config = write_config(tmp_path, [{"name": "a", "url": server.url("/a")}, {"name": "down", "url": server.url("/down")}])
+    result = run_feeds("--log-format", "json", "poll", "-v", "-c", str(config))
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    assert lines and all({"time", "level", "logger", "event", "message"} <= set(line) for line in lines)
+    polled = next(line for line in lines if line["event"] == "polled")
+    assert polled["source"] == "a" and polled["status"] == "ok" and polled["level"] == "info"
+    failed = next(line for line in lines if line["event"] == "poll-failed")
+    assert failed["source"] == "down" and failed["level"] == "warning"

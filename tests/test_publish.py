@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import sqlite3
+import subprocess
 from datetime import timedelta
 from pathlib import Path
 
@@ -177,3 +180,73 @@ def test_failing_sources_surface_in_outputs_that_opt_in(tmp_path: Path, server: 
     server.serve("/down", rss(story_item(2)))
     poll(settings, now=NOW + timedelta(hours=3))
     assert "failing" not in (tmp_path / "public" / "watched.atom").read_text()  # recovered: the entry goes
+
+
+def test_readers_show_the_outlet_of_every_entry_in_every_format(tmp_path: Path, server: FeedServer) -> None:
+    bylined = {**story_item(1), "author": "ines@wire.example (Ines Calder)"}
+    bylined_rss = (
+        rss(bylined, title="Meridian Wire")
+        .replace("<author>ines@wire.example (Ines Calder)</author>", "<dc:creator>Ines Calder</dc:creator>")
+        .replace('<rss version="2.0">', '<rss version="2.0" xmlns:dc="http://purl.org/dc/elements/1.1/">')
+    )
+    server.serve("/wire", bylined_rss)
+    server.serve("/blog", rss(story_item(2), title="Town Blog"))
+    settings = settings_for(tmp_path, [{"name": "wire", "url": server.url("/wire")}, {"name": "blog", "url": server.url("/blog")}])
+    poll(settings)
+    public = tmp_path / "public"
+    expected = {"Story 1": "Ines Calder, Meridian Wire", "Story 2": "Town Blog"}
+    for fmt in ("atom", "rss"):  # feedparser reads Atom author/name and RSS dc:creator
+        entries = feedparser.parse((public / f"all.{fmt}").read_bytes()).entries
+        assert {e.title: e.author for e in entries} == expected, fmt
+    items = json.loads((public / "all.json").read_text())["items"]
+    assert {i["title"]: i["authors"][0]["name"] for i in items} == expected
+    for fmt, media in (("rss", "application/rss+xml"), ("atom", "application/atom+xml")):  # lemon24's reader
+        server.serve(f"/out.{fmt}", (public / f"all.{fmt}").read_bytes(), content_type=media)
+        subscriber = make_reader(str(tmp_path / f"reader-{fmt}.sqlite"))
+        subscriber.add_feed(server.url(f"/out.{fmt}"))
+        subscriber.update_feeds()
+        assert {e.title: e.authors_str for e in subscriber.get_entries()} == expected, fmt
+        subscriber.close()
+
+
+def newsboat(tmp_path: Path, urls: list[str]) -> list[tuple[str, str, str]]:
+    """Subscribe newsboat (the terminal reader) to `urls`, reload once, and read what it stored:
+    (feed URL, title, author) per article."""
+    home = tmp_path / f"newsboat-{len(list(tmp_path.glob('newsboat-*')))}"
+    home.mkdir()
+    (home / "urls").write_text("\n".join(urls) + "\n")
+    (home / "config").write_text("")
+    result = subprocess.run(
+        ["newsboat", "-u", str(home / "urls"), "-c", str(home / "cache.db"), "-C", str(home / "config"), "-x", "reload"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "HOME": str(home)},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(home / "cache.db") as db:
+        return sorted(db.execute("SELECT feedurl, title, author FROM rss_item"))
+
+
+@pytest.mark.skipif(shutil.which("newsboat") is None, reason="needs Debian's newsboat (.ci/run installs it)")
+def test_newsboat_shows_the_outlet_and_keeps_one_copy_of_a_story_in_two_outputs(tmp_path: Path, server: FeedServer) -> None:
+    bylined = {**story_item(1), "author": "ines@wire.example (Ines Calder)"}
+    server.serve("/wire", rss(bylined, title="Meridian Wire"))
+    server.serve("/blog", rss(story_item(2), title="Town Blog"))
+    settings = settings_for(
+        tmp_path,
+        [{"name": "wire", "url": server.url("/wire"), "tags": "[news]"}, {"name": "blog", "url": server.url("/blog")}],
+        outputs="outputs:\n  - {name: all, title: All}\n  - {name: news, title: News, include: {tags: [news]}}\n",
+    )
+    poll(settings)
+    public = tmp_path / "public"
+    for name in ("all.rss", "all.atom", "news.rss"):
+        server.serve(f"/out/{name}", (public / name).read_bytes(), content_type="application/xml")
+    for fmt in ("rss", "atom"):
+        stored = newsboat(tmp_path, [server.url(f"/out/all.{fmt}")])
+        assert [(title, author) for _, title, author in stored] == [("Story 1", "Ines Calder, Meridian Wire"), ("Story 2", "Town Blog")]
+    # Entry ids are the same in every output (one story, one id): newsboat keeps one article per
+    # id, so a story in two subscribed outputs is listed once, under one of them (README: Outputs).
+    both = newsboat(tmp_path, [server.url("/out/all.rss"), server.url("/out/news.rss")])
+    assert sorted(title for _, title, _ in both) == ["Story 1", "Story 2"]
