@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -50,6 +51,7 @@ from feeds.workers import Isolated
 
 log = logging.getLogger("feeds")
 OK, FAILED, USAGE = 0, 1, 2
+INTERRUPTED = 130  # stopped by Ctrl-C or SIGTERM, as shells report it
 REPEAT_WINDOW = 10.0
 POLL_LOCK_WAIT = 300.0  # seconds a cron `feeds poll` waits for a daemon's cycle on the same store
 
@@ -287,7 +289,12 @@ def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int
                 daemon.run_forever()
             else:
                 daemon.start()
-                _serve(args, settings, health=daemon.health, routes=subscriber.routes() if subscriber else [])
+
+                def stop_polling() -> None:  # at the first signal, not after the server has drained
+                    daemon.stopping.set()
+                    fetcher.abort()
+
+                _serve(args, settings, health=daemon.health, routes=subscriber.routes() if subscriber else [], on_stop=stop_polling)
         finally:
             daemon.stop()
             fetcher.close()
@@ -298,6 +305,15 @@ def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int
             return USAGE
         fetcher = _fetcher(settings)
         runner = _runner(settings)
+        stop = threading.Event()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            if stop.is_set():  # a second Ctrl-C: the user will not wait
+                os._exit(128 + signum)
+            stop.set()
+            fetcher.abort()  # requests in flight end now; what was stored stays
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             progress = _progress if sys.stderr.isatty() and not args.json else None
             outcomes = poll_due(
@@ -310,12 +326,18 @@ def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int
                 progress=progress,
                 lock_wait=POLL_LOCK_WAIT,
                 runner=runner,
+                stop=stop,
             )
             if progress is not None:
                 print(file=sys.stderr)
+            if stop.is_set():
+                _print(f"feeds: stopped; {sum(o.status != 'failed' for o in outcomes)} sources polled and kept", file=sys.stderr)
+                return INTERRUPTED
             written = publish_all(settings, store, now=utc_now())
             _announcer(settings, fetcher)(written)
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             fetcher.close()
             runner.close()
         _print_outcomes(outcomes, written, as_json=args.json, quiet=args.quiet)
@@ -547,8 +569,16 @@ def _address_taken(args: argparse.Namespace, settings: Settings) -> str | None:
     return None
 
 
-def _serve(args: argparse.Namespace, settings: Settings, *, health: HealthCheck, routes: list[Route] | None = None) -> None:
-    """Serve the app until SIGINT/SIGTERM."""
+def _serve(
+    args: argparse.Namespace,
+    settings: Settings,
+    *,
+    health: HealthCheck,
+    routes: list[Route] | None = None,
+    on_stop: Callable[[], None] | None = None,
+) -> None:
+    """Serve the app until SIGINT/SIGTERM (`on_stop` is told at the first one; a second one
+    drops open connections and exits at once)."""
     host = args.host or settings.server.host
     port = settings.server.port if args.port is None else args.port
     scoped_store = _store_opener(settings)
@@ -569,8 +599,16 @@ def _serve(args: argparse.Namespace, settings: Settings, *, health: HealthCheck,
     server = make_server(
         app, host=host, port=port, max_connections=settings.server.max_connections, header_timeout=settings.server.header_timeout
     )
+    handle_exit = server.handle_exit
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if on_stop is not None:
+            on_stop()
+        handle_exit(signum, frame)  # uvicorn: the first stops gracefully, a second forces the exit
+
+    server.handle_exit = on_signal  # type: ignore[method-assign,assignment]  # uvicorn installs it for SIGINT/SIGTERM in run()
     # SIGHUP (a closed terminal, a reload request) stops cleanly, like SIGTERM; reloading comes later.
-    previous = signal.signal(signal.SIGHUP, server.handle_exit)
+    previous = signal.signal(signal.SIGHUP, on_signal)
     try:
         server.run()
     finally:

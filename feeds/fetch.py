@@ -109,6 +109,7 @@ class Exchange:
         self.resolver = resolver
         self.classify = classify
         self.expired = False
+        self.aborted = False
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self._timer = threading.Timer(seconds, self._expire) if seconds is not None else None
@@ -152,6 +153,11 @@ class Exchange:
             self.expired = True
             for sock in self._sockets:
                 _shutdown(sock)
+
+    def abort(self) -> None:
+        """Shut this exchange's sockets down now (feeds is stopping)."""
+        self.aborted = True
+        self._expire()
 
     def __enter__(self) -> Exchange:
         _current.exchange = self
@@ -248,6 +254,18 @@ class Fetcher:
         self.session.mount("https://", adapter)
         self._hosts: dict[str, threading.BoundedSemaphore] = {}
         self._hosts_lock = threading.Lock()
+        self._live: set[Exchange] = set()
+        self._aborted = False
+
+    def abort(self) -> None:
+        """Cut every request in flight and fail every later one at once: how a stop (Ctrl-C,
+        SIGTERM) takes effect in about a second instead of after the read timeout. What was
+        already fetched and stored stays."""
+        with self._hosts_lock:
+            self._aborted = True
+            live = list(self._live)
+        for exchange in live:
+            exchange.abort()
 
     def close(self) -> None:
         """Release the connection pool."""
@@ -263,7 +281,16 @@ class Fetcher:
         """One guarded exchange under the total deadline (connect + read timeouts)."""
         seconds = self.settings.connect_timeout + self.settings.read_timeout
         with Exchange(allow_private=allow_private, resolver=self.resolver, classify=self.classify, seconds=seconds) as exchange:
-            yield exchange
+            with self._hosts_lock:
+                self._live.add(exchange)
+                aborted = self._aborted
+            if aborted:
+                exchange.abort()
+            try:
+                yield exchange
+            finally:
+                with self._hosts_lock:
+                    self._live.discard(exchange)
 
     def post(self, url: str, data: list[tuple[str, str]], *, allow_private: bool) -> int:
         """POST a form (WebSub) through the same guards; no redirects followed. Returns the status;
@@ -465,6 +492,8 @@ def _redirect_target(url: str, location: str) -> str | None:
 
 def _reason(exc: BaseException, exchange: Exchange, settings: FetchSettings) -> str:
     """What went wrong, in words a user can act on: which of DNS, refused, timed out, TLS, the guard."""
+    if exchange.aborted:
+        return "stopped: feeds is shutting down (polled again next time)"
     if exchange.expired:
         return f"timed out: the whole exchange took longer than {settings.connect_timeout + settings.read_timeout:.0f}s"
     chain = _causes(exc)

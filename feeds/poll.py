@@ -27,6 +27,7 @@ from feeds.workers import Inline, Runner, WorkerDiedError, WorkerTimeoutError
 log = logging.getLogger(__name__)
 STATE_BATCH = 200  # states of polls that stored nothing else, saved per transaction
 STORY_BATCH = 25  # sources whose new stories are stored per transaction
+STORE_IDLE = 0.5  # seconds without a newly prepared source after which the writer stores what it has
 CLAIM = 250  # sources a worker claims at a time from a shared store
 
 
@@ -158,7 +159,8 @@ def _poll_cycle(
     runner: Runner,
 ) -> list[PollOutcome]:
     """Fetch (threads) -> prepare (worker processes, several sources at once) -> store (a writer
-    thread, up to STORY_BATCH sources per transaction, while the workers prepare the next ones).
+    thread, up to STORY_BATCH sources per transaction, or fewer after STORE_IDLE seconds without
+    more, while the workers prepare the next ones).
     Fetches run only as far ahead as preparing keeps up, and preparing only as far ahead as
     storing does (bounded queues all the way)."""
     sources = {state.name: (source, state) for source, state in plan}
@@ -167,8 +169,10 @@ def _poll_cycle(
     results = fetcher.fetch_many(state for _, state in plan)
     options = Options(settings.max_entries, settings.dedupe)
     states_only: list[SourceState] = []  # polls that store nothing but a state: saved in batches
-    batch: list[tuple[Source, SourceState, FetchResult, Prepared]] = []  # prepared, not yet handed to the writer
-    writes: queue.Queue[list[tuple[Source, SourceState, FetchResult, Prepared]] | None] = queue.Queue(maxsize=2)
+    # Prepared sources go to the writer one by one; it stores them STORY_BATCH at a time, or as
+    # soon as none has come for STORE_IDLE seconds, so one slow source never holds back what the
+    # others brought (and a stop keeps everything prepared before it).
+    writes: queue.Queue[tuple[Source, SourceState, FetchResult, Prepared] | None] = queue.Queue(maxsize=2 * STORY_BATCH)
     reporting = threading.Lock()
 
     def done(outcome: PollOutcome) -> None:
@@ -177,13 +181,30 @@ def _poll_cycle(
             if progress is not None:
                 progress(len(outcomes), len(plan), outcome)
 
+    def store_work(work: list[tuple[Source, SourceState, FetchResult, Prepared]]) -> None:
+        try:
+            for outcome in _store_batch(settings, store, work, now=now):
+                done(outcome)
+        except Exception:  # _store_batch never raises; should it, the cycle must not hang
+            log.exception("batch-not-stored sources=%d", len(work))
+
     def writer() -> None:
-        while (work := writes.get()) is not None:
+        work: list[tuple[Source, SourceState, FetchResult, Prepared]] = []
+        while True:
             try:
-                for outcome in _store_batch(settings, store, work, now=now):
-                    done(outcome)
-            except Exception:  # _store_batch never raises; should it, the cycle must not hang
-                log.exception("batch-not-stored sources=%d", len(work))
+                item = writes.get(timeout=STORE_IDLE if work else None)
+            except queue.Empty:
+                store_work(work)
+                work = []
+                continue
+            if item is None:
+                break
+            work.append(item)
+            if len(work) >= STORY_BATCH:
+                store_work(work)
+                work = []
+        if work:
+            store_work(work)
 
     def calls() -> Iterator[tuple[str, tuple[Any, ...]]]:
         for state, result in results:
@@ -212,19 +233,14 @@ def _poll_cycle(
         for name, prepared in runner.imap(prepare, calls()):
             if stop is not None and stop.is_set():
                 # Sources not yet stored keep their state: they are due again on the next run.
-                log.info("poll-abandoned left=%d reason=shutdown", len(plan) - len(outcomes) - len(batch))
+                log.info("poll-abandoned left=%d reason=shutdown", len(plan) - len(outcomes) - writes.qsize())
                 break
             source, state = sources[name]
             if isinstance(prepared, Prepared):
-                batch.append((source, state, fetched.pop(name), prepared))
-                if len(batch) >= STORY_BATCH:
-                    writes.put(batch)
-                    batch = []
+                writes.put((source, state, fetched.pop(name), prepared))
             else:
                 done(store_prepared(settings, store, source, state, fetched.pop(name), prepared=prepared, now=now))
     finally:
-        if batch:
-            writes.put(batch)
         writes.put(None)
         thread.join()
     _save_states(store, states_only)

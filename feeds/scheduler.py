@@ -7,6 +7,7 @@ restarts keep each source's schedule and `feeds poll` shares the same path.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -157,6 +158,7 @@ class Daemon:
     def stop(self) -> None:
         """Stop ticking; the source being processed finishes its transaction, the rest are abandoned."""
         self.stopping.set()
+        self.fetcher.abort()  # requests in flight end now, not at their read timeout
         if self._scheduler.running:
             self._scheduler.shutdown(wait=True)
         log.info("daemon-stopped")
@@ -165,8 +167,12 @@ class Daemon:
         """Start, then block until SIGINT or SIGTERM, then stop cleanly."""
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
-            log.info("signal name=%s", signal.Signals(signum).name)
+            if self.stopping.is_set():  # a second signal: the user will not wait
+                log.warning("signal name=%s action=exit-now", signal.Signals(signum).name)
+                os._exit(128 + signum)
+            log.info("signal name=%s action=stop", signal.Signals(signum).name)
             self.stopping.set()
+            self.fetcher.abort()
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import queue
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -77,7 +79,7 @@ class Isolated:
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:
             if self._pool is None:
-                self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=self._context)
+                self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=self._context, initializer=_ignore_interrupts)
             return self._pool
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
@@ -105,51 +107,94 @@ class Isolated:
         WorkerTimeoutError; the workers are then replaced and the calls they were running start
         again. When a worker dies, each call then running runs again by itself, so the one that
         kills a worker alone yields WorkerDiedError and the others their results."""
-        source = iter(calls)
+        # `calls` is read by a feeder thread: a call that is slow to arrive (a fetch still
+        # reading) must not hold back the results of calls already done.
+        inbox: queue.Queue[tuple[K, tuple[Any, ...]] | _End] = queue.Queue(maxsize=self.workers)
+        closed = threading.Event()
+
+        def feed() -> None:
+            end = _End(None)
+            try:
+                for item in calls:
+                    while not closed.is_set():
+                        try:
+                            inbox.put(item, timeout=0.2)
+                            break
+                        except queue.Full:
+                            continue
+                    if closed.is_set():
+                        return
+            except BaseException as exc:  # handed to the consumer, raised there
+                end = _End(exc)
+            while not closed.is_set():
+                try:
+                    inbox.put(end, timeout=0.2)
+                    return
+                except queue.Full:
+                    continue
+
+        threading.Thread(target=feed, name="feeds-imap-feed", daemon=True).start()
         running: dict[Future[T], tuple[K, tuple[Any, ...], float]] = {}  # key, args, started
         exhausted = False
-        while True:
-            while not exhausted and len(running) < self.workers:
-                nxt = next(source, None)
-                if nxt is None:
-                    exhausted = True
-                    break
-                key, args = nxt
-                running[self._executor().submit(fn, *args)] = (key, args, time.monotonic())
-            if not running:
-                return
-            first = min(started for _, _, started in running.values())
-            done, _ = wait(running, timeout=max(0.0, first + self.timeout - time.monotonic()), return_when=FIRST_COMPLETED)
-            lost: list[tuple[K, tuple[Any, ...]]] = []
-            for future in done:
-                key, args, _ = running.pop(future)
-                try:
-                    yield key, future.result()
-                except BrokenProcessPool:
-                    lost.append((key, args))
-                except Exception as exc:
-                    yield key, exc
-            now = time.monotonic()
-            overdue = [f for f, (_, _, started) in running.items() if now - started >= self.timeout]
-            for future in overdue:
-                key, _, _ = running.pop(future)
-                log.warning("worker-timeout limit=%ss action=replace-workers", self.timeout)
-                yield key, WorkerTimeoutError(f"took longer than {self.timeout:.0f}s (a hostile or broken feed?); abandoned")
-            if overdue or lost:
-                # The workers are killed (one may be stuck for good) and what they held starts again:
-                # after a death every call then running is a suspect, run by itself; after an
-                # overrun, none is.
-                others = [(key, args) for key, args, _ in running.values()]
-                suspects, innocent = (lost + others, []) if lost else ([], others)
-                running.clear()
-                with self._lock:
-                    pool = self._pool
-                if pool is not None:
-                    self._replace(pool)
-                for key, args in suspects:
-                    yield key, self._call(fn, args)
-                for key, args in innocent:
+        try:
+            while True:
+                while not exhausted and len(running) < self.workers:
+                    try:
+                        nxt = inbox.get(block=not running)
+                    except queue.Empty:
+                        break
+                    if isinstance(nxt, _End):
+                        exhausted = True
+                        if nxt.error is not None:
+                            raise nxt.error
+                        break
+                    key, args = nxt
                     running[self._executor().submit(fn, *args)] = (key, args, time.monotonic())
+                if not running:
+                    return
+                first = min(started for _, _, started in running.values())
+                limit = max(0.0, first + self.timeout - time.monotonic())
+                if not exhausted and len(running) < self.workers:
+                    limit = min(limit, _ADMIT)  # a free worker: look for a newly arrived call soon
+                done, _ = wait(running, timeout=limit, return_when=FIRST_COMPLETED)
+                yield from self._settle(done, running, fn)
+        finally:
+            closed.set()
+
+    def _settle(
+        self, done: set[Future[T]], running: dict[Future[T], tuple[K, tuple[Any, ...], float]], fn: Callable[..., T]
+    ) -> Iterator[tuple[K, T | Exception]]:
+        """Yield the calls that finished; deal with overruns and deaths as `imap` says."""
+        lost: list[tuple[K, tuple[Any, ...]]] = []
+        for future in done:
+            key, args, _ = running.pop(future)
+            try:
+                yield key, future.result()
+            except BrokenProcessPool:
+                lost.append((key, args))
+            except Exception as exc:
+                yield key, exc
+        now = time.monotonic()
+        overdue = [f for f, (_, _, started) in running.items() if now - started >= self.timeout]
+        for future in overdue:
+            key, _, _ = running.pop(future)
+            log.warning("worker-timeout limit=%ss action=replace-workers", self.timeout)
+            yield key, WorkerTimeoutError(f"took longer than {self.timeout:.0f}s (a hostile or broken feed?); abandoned")
+        if overdue or lost:
+            # The workers are killed (one may be stuck for good) and what they held starts again:
+            # after a death every call then running is a suspect, run by itself; after an
+            # overrun, none is.
+            others = [(key, args) for key, args, _ in running.values()]
+            suspects, innocent = (lost + others, []) if lost else ([], others)
+            running.clear()
+            with self._lock:
+                pool = self._pool
+            if pool is not None:
+                self._replace(pool)
+            for key, args in suspects:
+                yield key, self._call(fn, args)
+            for key, args in innocent:
+                running[self._executor().submit(fn, *args)] = (key, args, time.monotonic())
 
     def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T | Exception:
         """One call by itself: its result, or its exception. A call lost because another thread
@@ -177,3 +222,19 @@ class Isolated:
             pool = self._pool
         if pool is not None:
             self._replace(pool)
+
+
+def _ignore_interrupts() -> None:
+    """Workers leave Ctrl-C to the main process: the terminal sends SIGINT to the whole process
+    group, and a worker's KeyboardInterrupt would print a traceback and break the pool."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+_ADMIT = 0.05  # seconds a free worker waits before looking for a newly arrived call
+
+
+class _End:
+    """The end of `imap`'s calls, with the error that ended them, if any."""
+
+    def __init__(self, error: BaseException | None) -> None:
+        self.error = error

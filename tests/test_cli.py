@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -242,3 +243,50 @@ def test_json_logs_are_one_object_per_line(tmp_path: Path, server: FeedServer) -
     assert polled["source"] == "a" and polled["status"] == "ok" and polled["level"] == "info"
     failed = next(line for line in lines if line["event"] == "poll-failed")
     assert failed["source"] == "down" and failed["level"] == "warning"
+
+
+def stop_while_reading(tmp_path: Path, server: FeedServer, command: list[str], sig: signal.Signals, *, twice: bool = False):  # type: ignore[no-untyped-def]
+    """Run `command` against a fast source and one that sends its body a byte every 50 ms (over a
+    minute), signal it once the slow read has begun; return (seconds to exit, exit code, stderr)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    server.serve("/fast", rss(story_item(1)))
+    server.serve("/slow", rss(*(story_item(n) for n in range(2, 12))), trickle=0.05)
+    config = write_config(
+        tmp_path,
+        [{"name": "fast", "url": server.url("/fast")}, {"name": "slow", "url": server.url("/slow")}],
+        extra="tick: 1s",
+    )
+    process = subprocess.Popen([sys.executable, "-m", "feeds", *command, "-c", str(config)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: server.hits_for("/slow") and server.hits_for("/fast"))
+
+        def fast_stored() -> bool:
+            rows = json.loads(run_feeds("status", "--json", "-c", str(config)).stdout or "[]")
+            return any(r["source"] == "fast" and r["stories"] == 1 for r in rows)
+
+        assert wait_for(fast_stored)  # the slow body is still being read
+        started = time.monotonic()
+        process.send_signal(sig)
+        if twice:
+            process.send_signal(sig)
+        _, stderr = process.communicate(timeout=60)
+        return time.monotonic() - started, process.returncode, stderr, config
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_ctrl_c_stops_a_poll_at_once_and_keeps_what_was_stored(tmp_path: Path, server: FeedServer) -> None:
+    seconds, code, stderr, config = stop_while_reading(tmp_path, server, ["poll"], signal.SIGINT)
+    assert seconds < 5 and code == 130, (seconds, code, stderr)  # the slow read alone would take a minute
+    assert "Traceback" not in stderr and "stopped" in stderr
+    rows = {r["source"]: r for r in json.loads(run_feeds("status", "--json", "-c", str(config)).stdout)}
+    assert rows["fast"]["stories"] == 1 and rows["fast"]["status"] == "ok"
+    assert rows["slow"]["status"] == "new" and rows["slow"]["failures"] == 0  # not counted as a failure: due again
+
+
+def test_sigterm_stops_the_daemon_at_once_and_a_second_signal_does_not_wait(tmp_path: Path, server: FeedServer) -> None:
+    seconds, code, stderr, _ = stop_while_reading(tmp_path / "one", server, ["run", "--no-serve"], signal.SIGTERM)
+    assert seconds < 5 and code == 0 and "Traceback" not in stderr and "daemon-stopped" in stderr, (seconds, stderr)
+    seconds, code, stderr, _ = stop_while_reading(tmp_path / "two", server, ["run", "--port", "0"], signal.SIGINT, twice=True)
+    assert seconds < 5 and "Traceback" not in stderr, (seconds, code, stderr)
