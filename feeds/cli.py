@@ -40,7 +40,7 @@ from feeds.poll import poll_due
 from feeds.publish import missing_outputs, output_clusters, publish_all
 from feeds.retention import purge, retain
 from feeds.rules import entry_title, reports
-from feeds.scheduler import Daemon, utc_now
+from feeds.scheduler import Daemon, config_digest, utc_now
 from feeds.server import HealthCheck, create_app, make_server
 from feeds.starter import write_starter
 from feeds.store import STORE_MARKER, Store, open_store
@@ -294,7 +294,14 @@ def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int
                     daemon.stopping.set()
                     fetcher.abort()
 
-                _serve(args, settings, health=daemon.health, routes=subscriber.routes() if subscriber else [], on_stop=stop_polling)
+                _serve(
+                    args,
+                    settings,
+                    health=daemon.health,
+                    routes=subscriber.routes() if subscriber else [],
+                    on_stop=stop_polling,
+                    on_hangup=daemon.on_sighup,
+                )
         finally:
             daemon.stop()
             fetcher.close()
@@ -576,6 +583,7 @@ def _serve(
     health: HealthCheck,
     routes: list[Route] | None = None,
     on_stop: Callable[[], None] | None = None,
+    on_hangup: Callable[[int, FrameType | None], None] | None = None,
 ) -> None:
     """Serve the app until SIGINT/SIGTERM (`on_stop` is told at the first one; a second one
     drops open connections and exits at once)."""
@@ -607,8 +615,8 @@ def _serve(
         handle_exit(signum, frame)  # uvicorn: the first stops gracefully, a second forces the exit
 
     server.handle_exit = on_signal  # type: ignore[method-assign,assignment]  # uvicorn installs it for SIGINT/SIGTERM in run()
-    # SIGHUP (a closed terminal, a reload request) stops cleanly, like SIGTERM; reloading comes later.
-    previous = signal.signal(signal.SIGHUP, on_signal)
+    # SIGHUP reloads the config in the daemon; `feeds serve` has nothing to reload and stops.
+    previous = signal.signal(signal.SIGHUP, on_hangup or on_signal)
     try:
         server.run()
     finally:
@@ -747,6 +755,15 @@ def describe_state(state: SourceState, *, now: datetime) -> str:
 
 def _status(settings: Settings, store: Store, *, as_json: bool) -> int:
     now = utc_now()
+    seen = store.meta("daemon_seen")
+    running = store.meta("daemon_config")
+    recent = seen is not None and now.timestamp() - float(seen) <= 3 * settings.tick.total_seconds() + 60
+    if recent and running and running != config_digest(settings.path):
+        _print(
+            f"feeds: warning: the running daemon uses an older config than {settings.path}: it reloads on its next "
+            "tick, unless the file has errors (`feeds check` names them); SIGHUP asks it to reload now",
+            file=sys.stderr,
+        )
     states = store.states()
     counts = store.story_counts()
     rows = []

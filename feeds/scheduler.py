@@ -6,18 +6,21 @@ restarts keep each source's schedule and `feeds poll` shares the same path.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import FrameType
 from typing import Any, Literal
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from feeds.errors import FeedsError
+from feeds.config import load_settings
+from feeds.errors import ConfigError, FeedsError
 from feeds.fetch import Fetcher
 from feeds.models import Settings
 from feeds.poll import poll_due
@@ -31,6 +34,23 @@ Clock = Callable[[], datetime]
 
 
 Role = Literal["all", "worker", "publisher"]  # what a daemon does: poll and publish, poll only, publish only
+
+
+def config_stamp(settings: Settings) -> tuple[int, int] | None:
+    """When and how the config file last changed (None: it is gone)."""
+    try:
+        stat = settings.path.stat()
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size)
+
+
+def config_digest(path: Path) -> str:
+    """The config file's content as a digest: what `feeds status` compares a daemon's with."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except OSError:
+        return ""
 
 
 def utc_now() -> datetime:
@@ -65,8 +85,31 @@ class Daemon:
         self.last_tick: datetime | None = None
         self.error: str | None = None  # what went wrong in the last tick, until one succeeds
         self.publish_pending = False
+        self.reload_requested = False  # SIGHUP: read the config again at the next tick
+        self._config_seen = config_stamp(settings)
         self._scheduler = BackgroundScheduler(timezone=UTC)
         self._lock = threading.Lock()
+
+    def reload(self) -> bool:
+        """Read the config file again and run with it from now on (new and removed sources,
+        intervals, outputs and their rules). A file with errors keeps the running config: every
+        problem is logged with its file and line, and nothing is tried again until the file
+        changes. Returns True when the new config is in use."""
+        self.reload_requested = False
+        self._config_seen = config_stamp(self.settings)
+        try:
+            fresh = load_settings(self.settings.path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload-refused problem=%s", problem)
+            log.error("reload-refused action=keep-running-config errors=%d", len(exc.problems))
+            return False
+        self.settings = fresh
+        self.fetcher.private_sources = frozenset(s.name for s in fresh.sources if s.private)
+        self.publish_pending = True
+        self.store.set_meta("daemon_config", config_digest(fresh.path))
+        log.info("config-reloaded sources=%d outputs=%d", len(fresh.sources), len(fresh.outputs))
+        return True
 
     def tick(self) -> None:
         """One cycle: poll what is due (role worker or all); publish if any story is new or
@@ -78,6 +121,9 @@ class Daemon:
         try:
             now = self.clock()
             self.store.check()
+            if self.reload_requested or config_stamp(self.settings) != self._config_seen:
+                self.reload()
+            self.store.set_meta("daemon_seen", str(now.timestamp()))
             if self.role != "publisher":
                 outcomes = poll_due(
                     self.settings, self.store, self.fetcher, now=now, stop=self.stopping, skip_if_busy=True, runner=self.runner
@@ -123,6 +169,7 @@ class Daemon:
             misfire_grace_time=None,
         )
         self._scheduler.start()
+        self.store.set_meta("daemon_config", config_digest(self.settings.path))
         log.info(
             "daemon-started sources=%d outputs=%d tick=%ss",
             len(self.settings.sources),
@@ -163,6 +210,22 @@ class Daemon:
             self._scheduler.shutdown(wait=True)
         log.info("daemon-stopped")
 
+    def on_sighup(self, signum: int, frame: FrameType | None) -> None:
+        """SIGHUP: read the config again now (as daemons do), not at the next tick, which may be
+        far off; a tick in progress picks the request up when it ends."""
+        log.info("signal name=SIGHUP action=reload")
+        self.reload_requested = True
+
+        def reload_now() -> None:
+            if self._lock.acquire(timeout=60):
+                try:
+                    if self.reload_requested:
+                        self.reload()
+                finally:
+                    self._lock.release()
+
+        threading.Thread(target=reload_now, name="feeds-reload", daemon=True).start()
+
     def run_forever(self) -> None:
         """Start, then block until SIGINT or SIGTERM, then stop cleanly."""
 
@@ -174,7 +237,8 @@ class Daemon:
             self.stopping.set()
             self.fetcher.abort()
 
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self.on_sighup)
         try:
             self.start()
             while not self.stopping.wait(1.0):

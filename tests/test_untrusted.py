@@ -752,16 +752,58 @@ def test_deleted_outputs_come_back_and_a_deleted_store_is_never_silently_replace
 
 
 @pytest.mark.parametrize("serve", [True, False])
-def test_sighup_stops_the_daemon_cleanly(tmp_path: Path, server: FeedServer, serve: bool) -> None:
-    server.serve("/feed", rss(story_item(1)))
+def test_the_daemon_reloads_its_config_on_sighup_and_on_edits_and_keeps_it_on_a_bad_edit(
+    tmp_path: Path, server: FeedServer, serve: bool
+) -> None:
+    server.serve("/a", rss(story_item(1)))
+    server.serve("/b", rss(story_item(2)))
     port = free_port()
-    config = write_config(tmp_path, [{"name": "a", "url": server.url("/feed")}], extra=f"tick: 1s\nserver: {{port: {port}}}")
+    extra = f"tick: 1s\nserver: {{port: {port}}}"
+    config = write_config(tmp_path, [{"name": "a", "url": server.url("/a")}], extra=extra)
+    atom = tmp_path / "public" / "all.atom"
     args = ["run", "-c", str(config)] + ([] if serve else ["--no-serve"])
     process = subprocess.Popen([sys.executable, "-m", "feeds", *args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    assert wait_for((tmp_path / "public" / "all.atom").exists)
-    process.send_signal(signal.SIGHUP)
-    _, stderr = process.communicate(timeout=15)
+    try:
+        assert wait_for(lambda: atom.exists() and b"Story 1" in atom.read_bytes())
+        # An edit: a new source is polled and published without a restart.
+        write_config(tmp_path, [{"name": "a", "url": server.url("/a")}, {"name": "b", "url": server.url("/b")}], extra=extra)
+        assert wait_for(lambda: b"Story 2" in atom.read_bytes())
+        # A bad edit keeps the running config (and the daemon running).
+        good = config.read_text()
+        config.write_text(good + "  - name: c\n    url: ftp://nope.example/\n")
+        time.sleep(3)
+        assert process.poll() is None and b"Story 2" in atom.read_bytes()
+        config.write_text(good)
+        process.send_signal(signal.SIGHUP)  # a reload on request: the daemon goes on
+        time.sleep(2)
+        assert process.poll() is None
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=15)
     assert process.returncode == 0 and "daemon-stopped" in stderr and "Traceback" not in stderr
+    assert "config-reloaded" in stderr and "reload-refused" in stderr
+    assert f"{config}:" in stderr and "unsupported scheme 'ftp'" in stderr  # the bad line, named
+
+
+def test_status_says_when_the_running_daemon_has_an_older_config(tmp_path: Path, server: FeedServer) -> None:
+    server.serve("/a", rss(story_item(1)))
+    server.serve("/b", rss(story_item(2)))
+    config = write_config(tmp_path, [{"name": "a", "url": server.url("/a")}], extra="tick: 1h")
+    atom = tmp_path / "public" / "all.atom"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "feeds", "run", "--no-serve", "-c", str(config)], cwd=ROOT, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert wait_for(lambda: atom.exists() and b"Story 1" in atom.read_bytes())
+        assert "older config" not in run_feeds("status", "-c", str(config)).stderr
+        write_config(tmp_path, [{"name": "a", "url": server.url("/a")}, {"name": "b", "url": server.url("/b")}], extra="tick: 1h")
+        assert "older config" in run_feeds("status", "-c", str(config)).stderr  # the next tick is an hour away
+        process.send_signal(signal.SIGHUP)  # reloads now, not at the next tick
+        assert wait_for(lambda: "older config" not in run_feeds("status", "-c", str(config)).stderr)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=15)
+    assert process.returncode == 0 and "config-reloaded" in stderr, stderr
 
 
 HOSTILE_YAML = {
