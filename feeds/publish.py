@@ -100,6 +100,38 @@ def remove_stale_temp_files(directory: Path, *, now: datetime) -> None:
             pass
 
 
+def damaged_outputs(settings: Settings, store: Store, verified: dict[str, object]) -> list[str]:
+    """Outputs whose files are missing or no longer hold what was published (a deleted publish
+    directory, a truncated or hand-edited file): their bytes no longer match the digest stored
+    when they were written. Files are hashed only when their size or time changed since they
+    last checked out (`verified`, kept by the caller), so a tick costs a few stat calls."""
+    damaged = []
+    for output in settings.outputs:
+        paths = [settings.publish_dir / f"{output.name}.{fmt}" for fmt in RENDERERS]
+        try:
+            stamp: object = tuple((p.stat().st_mtime_ns, p.stat().st_size) for p in paths)
+        except OSError:
+            stamp = None
+        if stamp is not None and verified.get(output.name) == stamp:
+            continue
+        expected = store.output_digest(output.name)
+        if expected is None:
+            continue  # never published yet: nothing to repair
+        if stamp is None:
+            damaged.append(output.name)  # missing
+            continue
+        try:
+            actual = hashlib.sha256(b"".join(p.read_bytes() for p in paths)).hexdigest()
+        except OSError:
+            damaged.append(output.name)
+            continue
+        if expected is not None and actual != expected:
+            damaged.append(output.name)
+        else:
+            verified[output.name] = stamp
+    return damaged
+
+
 def missing_outputs(settings: Settings) -> list[str]:
     """Output files that should exist and do not (a deleted publish directory, a stray rm)."""
     return [

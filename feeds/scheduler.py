@@ -24,7 +24,7 @@ from feeds.errors import ConfigError, FeedsError
 from feeds.fetch import Fetcher
 from feeds.models import Settings
 from feeds.poll import poll_due
-from feeds.publish import missing_outputs, publish_all
+from feeds.publish import damaged_outputs, publish_all
 from feeds.retention import retain
 from feeds.store import Store
 from feeds.workers import Runner
@@ -58,6 +58,26 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+class _SkippedTicks(logging.Filter):
+    """A tick still running when the next is due is not news: the next one starts when it ends
+    (coalesced). APScheduler would log a warning for every skipped tick; they are counted into
+    one line per busy spell instead (`tick-busy`, at INFO, when the long tick ends)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.skipped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "maximum number of running instances" in str(record.msg):
+            self.skipped += 1
+            return False
+        return True
+
+
+_SKIPPED = _SkippedTicks()
+logging.getLogger("apscheduler.scheduler").addFilter(_SKIPPED)
+
+
 class Daemon:
     """Polls on schedule and publishes when anything changed, until stopped."""
 
@@ -86,6 +106,8 @@ class Daemon:
         self.error: str | None = None  # what went wrong in the last tick, until one succeeds
         self.publish_pending = False
         self.reload_requested = False  # SIGHUP: read the config again at the next tick
+        self.repaired: dict[str, Any] | None = None  # the last outputs found damaged and written again
+        self._verified: dict[str, object] = {}  # output -> file stamps that matched its digest
         self._config_seen = config_stamp(settings)
         self._scheduler = BackgroundScheduler(timezone=UTC)
         self._lock = threading.Lock()
@@ -133,13 +155,15 @@ class Daemon:
                 self.publish_pending |= any(o.new or o.updated for o in outcomes)
             self.last_tick = now
             if self.role != "worker":
-                missing = missing_outputs(self.settings)
-                if missing:
-                    log.warning("outputs-missing files=%s action=republish", ",".join(missing))
+                damaged = damaged_outputs(self.settings, self.store, self._verified)
+                if damaged:
+                    log.warning("outputs-damaged outputs=%s action=republish", ",".join(damaged))
                     self.publish_pending = True
                 if self.publish_pending or self.role == "publisher":
                     self.announce(publish_all(self.settings, self.store, now=self.clock()))
                     self.publish_pending = False
+                    if damaged:
+                        self.repaired = {"at": now.isoformat(), "outputs": damaged}
                 if retain(self.settings, self.store, now=now):  # at most daily
                     self.publish_pending = True
             if self.subscribe is not None and self.role != "publisher":
@@ -153,6 +177,9 @@ class Daemon:
             log.exception("tick-crashed")
         finally:
             self._lock.release()
+            if _SKIPPED.skipped:
+                log.info("tick-busy skipped=%d reason=the previous tick ran longer than the interval", _SKIPPED.skipped)
+                _SKIPPED.skipped = 0
 
     def start(self) -> None:
         """Publish what the store holds (unless a worker), then start ticking in the background."""
@@ -198,6 +225,7 @@ class Daemon:
             "error": self.error,
             "store": "ok",
             "failing": sum(1 for s in sources.values() if s["status"] in ("failing", "gone")),
+            "repaired": self.repaired,  # outputs found missing or damaged, and written again
             "sources": sources,
         }
         return ticking and self.error is None, payload

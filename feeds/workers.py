@@ -112,26 +112,25 @@ class Isolated:
         inbox: queue.Queue[tuple[K, tuple[Any, ...]] | _End] = queue.Queue(maxsize=self.workers)
         closed = threading.Event()
 
-        def feed() -> None:
-            end = _End(None)
-            try:
-                for item in calls:
-                    while not closed.is_set():
-                        try:
-                            inbox.put(item, timeout=0.2)
-                            break
-                        except queue.Full:
-                            continue
-                    if closed.is_set():
-                        return
-            except BaseException as exc:  # handed to the consumer, raised there
-                end = _End(exc)
+        def put(item: tuple[K, tuple[Any, ...]] | _End) -> bool:
+            """Hand one item over; False once the consumer has gone."""
             while not closed.is_set():
                 try:
-                    inbox.put(end, timeout=0.2)
-                    return
+                    inbox.put(item, timeout=0.2)
+                    return True
                 except queue.Full:
                     continue
+            return False
+
+        def feed() -> None:
+            try:
+                for item in calls:
+                    if not put(item):
+                        return
+            except BaseException as exc:  # handed to the consumer, raised there
+                put(_End(exc))
+                return
+            put(_End(None))
 
         threading.Thread(target=feed, name="feeds-imap-feed", daemon=True).start()
         running: dict[Future[T], tuple[K, tuple[Any, ...], float]] = {}  # key, args, started
