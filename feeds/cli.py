@@ -289,17 +289,12 @@ def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int
                 daemon.run_forever()
             else:
                 daemon.start()
-
-                def stop_polling() -> None:  # at the first signal, not after the server has drained
-                    daemon.stopping.set()
-                    fetcher.abort()
-
                 _serve(
                     args,
                     settings,
                     health=daemon.health,
                     routes=subscriber.routes() if subscriber else [],
-                    on_stop=stop_polling,
+                    on_stop=daemon.request_stop,  # at the first signal, not after the server has drained
                     on_hangup=daemon.on_sighup,
                 )
         finally:

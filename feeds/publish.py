@@ -7,7 +7,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -100,6 +100,11 @@ def remove_stale_temp_files(directory: Path, *, now: datetime) -> None:
             pass
 
 
+def files_digest(files: Iterable[bytes]) -> str:
+    """What is stored of an output's published files (in RENDERERS order), to tell them intact."""
+    return hashlib.sha256(b"".join(files)).hexdigest()
+
+
 def damaged_outputs(settings: Settings, store: Store, verified: dict[str, object]) -> list[str]:
     """Outputs whose files are missing or no longer hold what was published (a deleted publish
     directory, a truncated or hand-edited file): their bytes no longer match the digest stored
@@ -109,7 +114,7 @@ def damaged_outputs(settings: Settings, store: Store, verified: dict[str, object
     for output in settings.outputs:
         paths = [settings.publish_dir / f"{output.name}.{fmt}" for fmt in RENDERERS]
         try:
-            stamp: object = tuple((p.stat().st_mtime_ns, p.stat().st_size) for p in paths)
+            stamp: object = tuple((st.st_mtime_ns, st.st_size) for st in (p.stat() for p in paths))
         except OSError:
             stamp = None
         if stamp is not None and verified.get(output.name) == stamp:
@@ -121,11 +126,11 @@ def damaged_outputs(settings: Settings, store: Store, verified: dict[str, object
             damaged.append(output.name)  # missing
             continue
         try:
-            actual = hashlib.sha256(b"".join(p.read_bytes() for p in paths)).hexdigest()
+            actual = files_digest(p.read_bytes() for p in paths)
         except OSError:
             damaged.append(output.name)
             continue
-        if expected is not None and actual != expected:
+        if actual != expected:
             damaged.append(output.name)
         else:
             verified[output.name] = stamp
@@ -241,7 +246,7 @@ def publish_all(settings: Settings, store: Store, *, now: datetime) -> list[str]
             clusters = [*clusters, *leftover]
         view = FeedView(output, tuple(clusters), sources, settings.base_url, hub=settings.websub.hub, alerts=alerts, prev_archive=newest)
         files = render_all(view)
-        digest = hashlib.sha256(b"".join(files.values())).hexdigest()
+        digest = files_digest(files.values())
         for fmt, data in files.items():
             path = directory / f"{output.name}.{fmt}"
             if write_atomic(path, data):

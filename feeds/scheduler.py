@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 
 
+SEEN_EVERY = timedelta(minutes=1)  # how often a running daemon notes in the store that it runs (`feeds status`)
 Role = Literal["all", "worker", "publisher"]  # what a daemon does: poll and publish, poll only, publish only
 
 
@@ -109,6 +110,7 @@ class Daemon:
         self.repaired: dict[str, Any] | None = None  # the last outputs found damaged and written again
         self._verified: dict[str, object] = {}  # output -> file stamps that matched its digest
         self._config_seen = config_stamp(settings)
+        self._seen_written: datetime | None = None
         self._scheduler = BackgroundScheduler(timezone=UTC)
         self._lock = threading.Lock()
 
@@ -145,7 +147,9 @@ class Daemon:
             self.store.check()
             if self.reload_requested or config_stamp(self.settings) != self._config_seen:
                 self.reload()
-            self.store.set_meta("daemon_seen", str(now.timestamp()))
+            if self._seen_written is None or now - self._seen_written >= SEEN_EVERY:  # not a write every tick
+                self.store.set_meta("daemon_seen", str(now.timestamp()))
+                self._seen_written = now
             if self.role != "publisher":
                 outcomes = poll_due(
                     self.settings, self.store, self.fetcher, now=now, stop=self.stopping, skip_if_busy=True, runner=self.runner
@@ -230,10 +234,14 @@ class Daemon:
         }
         return ticking and self.error is None, payload
 
+    def request_stop(self) -> None:
+        """Stop polling now: no new work, and requests in flight end now, not at their read timeout."""
+        self.stopping.set()
+        self.fetcher.abort()
+
     def stop(self) -> None:
         """Stop ticking; the source being processed finishes its transaction, the rest are abandoned."""
-        self.stopping.set()
-        self.fetcher.abort()  # requests in flight end now, not at their read timeout
+        self.request_stop()
         if self._scheduler.running:
             self._scheduler.shutdown(wait=True)
         log.info("daemon-stopped")
@@ -262,8 +270,7 @@ class Daemon:
                 log.warning("signal name=%s action=exit-now", signal.Signals(signum).name)
                 os._exit(128 + signum)
             log.info("signal name=%s action=stop", signal.Signals(signum).name)
-            self.stopping.set()
-            self.fetcher.abort()
+            self.request_stop()
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self.on_sighup)

@@ -12,7 +12,7 @@ from pathlib import Path
 import feedparser
 
 from feeds.retention import expired
-from tests.conftest import FeedServer, rss, run_feeds, write_config
+from tests.conftest import FeedServer, rss, run_feeds, story_item, write_config
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 
@@ -35,14 +35,7 @@ def test_a_cluster_goes_whole_when_every_story_in_it_is_past_its_sources_retenti
 
 
 def item(n: int, when: datetime, text: str = "") -> dict[str, str]:
-    body = text or f"Story number {n} says the town of Exampleton held meeting {n} about item {n * 7} on the budget."
-    return {
-        "title": f"Story {n}",
-        "link": f"https://news.example/{n}",
-        "guid": f"story-{n}",
-        "description": f"&lt;p&gt;{body}&lt;/p&gt;",
-        "pubDate": format_datetime(when),
-    }
+    return {**story_item(n, words=text), "link": f"https://news.example/{n}", "pubDate": format_datetime(when)}
 
 
 def counts(tmp_path: Path) -> dict[str, int]:

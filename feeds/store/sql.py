@@ -374,11 +374,17 @@ class Transaction:
         known: dict[tuple[str, str], str] = {}
         forgotten: set[tuple[str, str]] = set()
         for source, guids in by_source.items():
-            for chunk in _chunks(guids):
-                query = f"SELECT guid, story_id FROM guids WHERE source = ? AND guid IN ({_marks(chunk)})"
-                known.update(((source, guid), story_id) for guid, story_id in self.db.execute(query, (source, *chunk)))
-                query = f"SELECT guid FROM forgotten_guids WHERE source = ? AND guid IN ({_marks(chunk)})"
-                forgotten.update((source, guid) for (guid,) in self.db.execute(query, (source, *chunk)))
+            for chunk in _chunks(guids, size=CHUNK // 2):
+                # Stored guids and those of deleted stories (retention) in one round trip.
+                query = (
+                    f"SELECT guid, story_id FROM guids WHERE source = ? AND guid IN ({_marks(chunk)}) "
+                    f"UNION ALL SELECT guid, NULL FROM forgotten_guids WHERE source = ? AND guid IN ({_marks(chunk)})"
+                )
+                for guid, story_id in self.db.execute(query, (source, *chunk, source, *chunk)):
+                    if story_id is None:
+                        forgotten.add((source, guid))
+                    else:
+                        known[(source, guid)] = story_id
         by_key: dict[str, list[str]] = {}
         for chunk in _chunks(probe.keys):
             for key, story_id in self.db.execute(f"SELECT key, story_id FROM story_keys WHERE key IN ({_marks(chunk)})", chunk):
