@@ -17,13 +17,15 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from starlette.routing import Route
 
 from feeds import __version__
@@ -33,9 +35,9 @@ from feeds.events import MIN_SCORE
 from feeds.fetch import Fetcher
 from feeds.manage import ConfigFile, ManageError, check_address, discover, read_opml, slugify, unique_name, write_opml
 from feeds.metrics import StoreCollector, exposition
-from feeds.models import OutputSpec, PollOutcome, Settings, SourceState, word
+from feeds.models import OutputSpec, PollOutcome, Settings, SourceState, SourceView, word
 from feeds.normalize import canonical_url
-from feeds.policy import initial_state, reconcile
+from feeds.policy import initial_state
 from feeds.poll import poll_due
 from feeds.publish import missing_outputs, output_clusters, publish_all
 from feeds.retention import purge, retain
@@ -43,9 +45,10 @@ from feeds.rules import entry_title, reports
 from feeds.scheduler import Daemon, config_digest, utc_now
 from feeds.server import HealthCheck, create_app, make_server
 from feeds.starter import write_starter
+from feeds.status import source_statuses, status_json
 from feeds.store import STORE_MARKER, Store, open_store
-from feeds.timeutil import format_duration, to_rfc3339
-from feeds.untrusted import strip_userinfo, terminal_safe
+from feeds.timeutil import ago, to_rfc3339
+from feeds.untrusted import terminal_safe
 from feeds.websub import Subscriber, output_urls, ping_hub
 from feeds.workers import Isolated
 
@@ -245,21 +248,14 @@ def _migrate(source_url: str, target_url: str) -> int:
         stores.append(target)
         if not isinstance(source, SQLStore) or not isinstance(target, SQLStore):
             raise StoreError("migrate copies between SQL stores")
-        live = sys.stderr.isatty()
-
-        def progress(table: str, rows: int) -> None:
-            if live:
-                print(f"\r{table}: {rows:,} rows", end="", file=sys.stderr, flush=True)
-
-        copied = copy_store(source, target, progress=progress)
+        with _progress_bar("copying", enabled=sys.stderr.isatty()) as bar:
+            copied = copy_store(source, target, progress=(lambda table, rows: bar(rows, None, table)) if bar else None)
     except FeedsError as exc:
         _print(f"feeds: {exc}", file=sys.stderr)
         return FAILED
     finally:
         for store in stores:
             store.close()
-    if live:
-        print(file=sys.stderr)
     _print(
         f"copied {copied['stories']:,} stories, {copied['clusters']:,} clusters and {copied['sources']:,} sources; "
         "the source store is unchanged"
@@ -296,6 +292,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int
                     routes=subscriber.routes() if subscriber else [],
                     on_stop=daemon.request_stop,  # at the first signal, not after the server has drained
                     on_hangup=daemon.on_sighup,
+                    current=lambda: daemon.settings,
                 )
         finally:
             daemon.stop()
@@ -317,21 +314,19 @@ def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            progress = _progress if sys.stderr.isatty() and not args.json else None
-            outcomes = poll_due(
-                settings,
-                store,
-                fetcher,
-                now=utc_now(),
-                force=args.force,
-                names=args.names,
-                progress=progress,
-                lock_wait=POLL_LOCK_WAIT,
-                runner=runner,
-                stop=stop,
-            )
-            if progress is not None:
-                print(file=sys.stderr)
+            with _progress_bar("polling", enabled=sys.stderr.isatty() and not args.json and not args.quiet) as bar:
+                outcomes = poll_due(
+                    settings,
+                    store,
+                    fetcher,
+                    now=utc_now(),
+                    force=args.force,
+                    names=args.names,
+                    progress=(lambda done, total, o: bar(done, total, f"{o.source} {word(o.status)}")) if bar else None,
+                    lock_wait=POLL_LOCK_WAIT,
+                    runner=runner,
+                    stop=stop,
+                )
             if stop.is_set():
                 _print(f"feeds: stopped; {sum(o.status != 'failed' for o in outcomes)} sources polled and kept", file=sys.stderr)
                 return INTERRUPTED
@@ -579,25 +574,28 @@ def _serve(
     routes: list[Route] | None = None,
     on_stop: Callable[[], None] | None = None,
     on_hangup: Callable[[int, FrameType | None], None] | None = None,
+    current: Callable[[], Settings] | None = None,
 ) -> None:
     """Serve the app until SIGINT/SIGTERM (`on_stop` is told at the first one; a second one
-    drops open connections and exits at once)."""
+    drops open connections and exits at once). `current` gives the config in force (the daemon's,
+    which it reloads); else `settings` stays."""
+    now_settings: Callable[[], Settings] = current or (lambda: settings)
     host = args.host or settings.server.host
     port = settings.server.port if args.port is None else args.port
     scoped_store = _store_opener(settings)
 
-    def states() -> dict[str, SourceState]:
+    def statuses() -> list[SourceView]:
         try:
             store = scoped_store()
         except FeedsError:
-            return {}  # `feeds serve` beside no store: the config alone describes the sources
+            return source_statuses(now_settings(), None, now=utc_now())  # `feeds serve` beside no store: the config alone
         try:
-            return store.states()
+            return source_statuses(now_settings(), store, now=utc_now())
         finally:
             store.close()
 
     collector = StoreCollector(scoped_store, utc_now)
-    app = create_app(settings, health=health, metrics=lambda: exposition(collector), states=states, websub_routes=routes)
+    app = create_app(now_settings, health=health, metrics=lambda: exposition(collector), statuses=statuses, websub_routes=routes)
     log.info("serving url=http://%s:%d/ publish_dir=%s", host, port, settings.publish_dir)
     server = make_server(
         app, host=host, port=port, max_connections=settings.server.max_connections, header_timeout=settings.server.header_timeout
@@ -684,9 +682,35 @@ def _print(text: str = "", *, file: Any = None) -> None:
     print(terminal_safe(text), file=file or sys.stdout)
 
 
-def _progress(done: int, total: int, outcome: PollOutcome) -> None:
-    """One self-overwriting line on a terminal: how far polling has come."""
-    print(f"\rpolled {done}/{total} sources (last: {outcome.source} {word(outcome.status)})\x1b[K", end="", file=sys.stderr, flush=True)
+@contextlib.contextmanager
+def _progress_bar(what: str, *, enabled: bool) -> Iterator[Callable[[int, int | None, str], None] | None]:
+    """A progress bar on the terminal's last line (rich), or None when `enabled` is false (not a
+    terminal, --json). While it shows, log lines are printed above it, never into it; it is gone
+    when the work ends. Its callback takes (done, total or None when unknown, note)."""
+    if not enabled:
+        yield None
+        return
+    bar = Progress(
+        TextColumn(what),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[note]}", markup=False),
+        console=Console(file=sys.stderr, soft_wrap=True, markup=False, highlight=False, emoji=False),  # log lines as they are
+        transient=True,
+        redirect_stdout=False,
+        redirect_stderr=True,
+    )
+    task = bar.add_task(what, total=None, note="")
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler) and h.stream is sys.stderr]
+    with bar:
+        for handler in handlers:
+            handler.setStream(sys.stderr)  # rich's proxy while the bar shows: lines go above it
+        try:
+            yield lambda done, total, note: bar.update(task, completed=done, total=total, note=terminal_safe(note))
+        finally:
+            for handler in handlers:
+                handler.setStream(sys.__stderr__ if sys.__stderr__ is not None else sys.stderr)
 
 
 def _print_outcomes(outcomes: list[PollOutcome], written: list[str], *, as_json: bool, quiet: bool = False) -> None:
@@ -715,39 +739,6 @@ def _stamp(value: datetime | None) -> str | None:
     return to_rfc3339(value) if value else None
 
 
-def ago(value: datetime | None, *, now: datetime) -> str:
-    """A time as people say it: "just now", "3 min ago", "5 h ago", "9 days ago" (or "in 4 min")."""
-    if value is None:
-        return "-"
-    seconds = (now - value).total_seconds()
-    future, seconds = seconds < 0, abs(seconds)
-    if seconds < 45:
-        return "just now" if not future else "now"
-    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size * (1.5 if unit == "days" else 1):
-            amount = round(seconds / size)
-            text = f"{amount} {'day' if unit == 'days' and amount == 1 else unit}"
-            return f"in {text}" if future else f"{text} ago"
-    return "in 1 min" if future else "1 min ago"
-
-
-def describe_state(state: SourceState, *, now: datetime) -> str:
-    """One phrase for a source's state: ok, unchanged, failing since ..., gone, ..."""
-    if state.status == "gone":
-        return "gone (HTTP 410; `feeds sources reset` to resume)"
-    if state.retry_after and state.retry_after > now:
-        return f"retry-after until {_stamp(state.retry_after)}"
-    if state.status == "failing":
-        since = format_duration(now - state.failing_since) if state.failing_since else "?"
-        return f"failing for {since}, backing off until {_stamp(state.next_poll)}"
-    text = {"new": "never polled"}.get(state.status, word(state.status))
-    if state.moved_from:
-        text += f" (moved from {state.moved_from})"
-    if state.redirect_to:
-        text += f" (permanent redirect to {state.redirect_to} seen {state.redirect_seen}x, not yet confirmed)"
-    return text
-
-
 def _status(settings: Settings, store: Store, *, as_json: bool) -> int:
     now = utc_now()
     seen = store.meta("daemon_seen")
@@ -759,46 +750,21 @@ def _status(settings: Settings, store: Store, *, as_json: bool) -> int:
             "tick, unless the file has errors (`feeds check` names them); SIGHUP asks it to reload now",
             file=sys.stderr,
         )
-    states = store.states()
-    counts = store.story_counts()
-    rows = []
-    shown = []
-    for source in settings.sources:
-        state = reconcile(states.get(source.name), source)
-        shown.append(state)
-        rows.append(
-            {
-                "source": source.name,
-                "url": strip_userinfo(state.url),
-                "status": word(state.status),
-                "state": describe_state(state, now=now),
-                "last_poll": _stamp(state.last_poll),
-                "last_success": _stamp(state.last_success),
-                "failures": state.failures,
-                "failing_since": _stamp(state.failing_since),
-                "error": state.error,
-                "warning": state.warning,
-                "next_poll": _stamp(state.next_poll),
-                "retry_after": _stamp(state.retry_after),
-                "interval": format_duration(state.interval or source.interval),
-                "interval_reason": state.interval_reason,
-                "moved_from": state.moved_from,
-                "stories": counts.get(source.name, 0),
-            }
-        )
+    statuses = source_statuses(settings, store, now=now)
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps([status_json(s) for s in statuses], indent=2))
     else:
         _print(f"{'SOURCE':<20} {'STORIES':>7} {'LAST SUCCESS':<14} {'NEXT POLL':<14} {'INTERVAL':<18} STATE")
-        for r, state in zip(rows, shown, strict=True):
-            interval = f"{r['interval']} ({r['interval_reason']})"
+        for row in statuses:
+            state = row.state
+            interval = f"{row.interval} ({state.interval_reason})"
             next_poll = ago(state.next_poll, now=now) if state.next_poll and state.next_poll > now else "due"
             _print(
-                f"{r['source']:<20} {r['stories']:>7} {ago(state.last_success, now=now):<14} {next_poll:<14} {interval:<18} {r['state']}"
+                f"{row.name:<20} {row.stories:>7} {ago(state.last_success, now=now):<14} {next_poll:<14} {interval:<18} {row.description}"
             )
-            if r["error"]:
-                _print(f"{'':<20} error: {r['error']}")
-    return FAILED if any(state.status in ("failing", "gone") for state in shown) else OK
+            if state.error:
+                _print(f"{'':<20} error: {state.error}")
+    return FAILED if any(row.failing for row in statuses) else OK
 
 
 def _clusters(settings: Settings, store: Store, *, mode: Literal["event", "copies", "exact"], as_json: bool) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import fields
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -92,6 +92,7 @@ class _Source(_Model):
     websub: bool = False
     private: bool = False
     retention: Duration | None = None
+    rebase: datetime | None = None
 
 
 class _Exclude(_Model):
@@ -160,6 +161,7 @@ class _WebSub(_Model):
 
 
 class _Config(_Model):
+    title: Annotated[str, Field(min_length=1, max_length=200)] = _default(Settings, "title")
     storage: str = "sqlite:///feeds.db"
     publish_dir: str = "public"
     base_url: str = "http://localhost:8080/"
@@ -482,6 +484,7 @@ def _settings(model: _Config, path: Path) -> Settings:
             websub=s.websub,
             private=s.private,
             retention=s.retention,
+            rebase=_utc(s.rebase),
         )
         for s in model.sources
     )
@@ -510,6 +513,7 @@ def _settings(model: _Config, path: Path) -> Settings:
     base_url = model.base_url if model.base_url.endswith("/") else model.base_url + "/"
     return Settings(
         path=path,
+        title=model.title.strip() or _default(Settings, "title"),
         storage=os.environ.get("FEEDS_STORAGE") or model.storage,  # keeps a DSN's secrets out of the YAML
         publish_dir=(publish_dir if publish_dir.is_absolute() else base / publish_dir).resolve(),
         base_url=base_url,
@@ -524,6 +528,13 @@ def _settings(model: _Config, path: Path) -> Settings:
         server=ServerSettings(**{**model.server.model_dump(), "header_timeout": model.server.header_timeout.total_seconds()}),
         websub=WebSubSettings(hub=model.websub.hub, public_url=_slash(model.websub.public_url), lease=model.websub.lease),
     )
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """An instant from the file, in UTC (without an offset it is UTC)."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _slash(url: str | None) -> str | None:

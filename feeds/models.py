@@ -37,6 +37,8 @@ class Source:
     websub: bool = False  # subscribe to the hub the feed advertises (needs websub.public_url)
     private: bool = False  # may reach private addresses although its URL names a public host
     retention: timedelta | None = None  # delete this source's stories older than this (None: the global setting)
+    rebase: datetime | None = None  # samples: this instant of the feed's dates falls on the first poll
+    shift: timedelta = timedelta(0)  # added to the feed's dates (resolved from `rebase` when polling)
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,10 +301,28 @@ class Settings:
     max_entries: int = 500
     server: ServerSettings = ServerSettings()
     websub: WebSubSettings = WebSubSettings()
+    title: str = "feeds"  # the site's name, on the index and every page
 
     def source(self, name: str) -> Source | None:
         """The source called `name`, if configured."""
         return next((s for s in self.sources if s.name == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceView:
+    """One configured source as its operator sees it (`feeds status`, the sources page)."""
+
+    name: str
+    title: str
+    state: SourceState
+    description: str  # the state in words
+    stories: int
+    interval: str
+
+    @property
+    def failing(self) -> bool:
+        """Failing or gone: what an operator looks at first."""
+        return self.state.status in ("failing", "gone")
 
 
 @dataclass(frozen=True, slots=True)

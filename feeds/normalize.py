@@ -78,6 +78,31 @@ def canonical_url(url: str | None, *, base: str | None = None) -> str | None:
     return f"https://{netloc}{path}" + (f"?{urlencode(query)}" if query else "")
 
 
+def display_url(url: str | None) -> str | None:
+    """A link as outputs show it: the article's own address without tracking parameters
+    (`utm_*`, `fbclid`, ...), AMP variants mapped back to the article, no fragment and no
+    credentials. Unlike
+    `canonical_url` it keeps scheme, host and port, so it still opens the page; None for
+    anything but http(s)."""
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018  # a port out of range raises here
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return None
+    netloc = parts.netloc.rpartition("@")[2]  # never credentials
+    if netloc.lower().startswith("amp.") and parts.hostname.count(".") >= 2:
+        netloc = netloc[4:]
+    path = re.sub(r"\.amp\.html?$", ".html", parts.path, flags=re.IGNORECASE)
+    if any(seg.lower() == "amp" for seg in path.split("/")):
+        path = "/".join(seg for seg in path.split("/") if seg.lower() != "amp") or "/"
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not _TRACKING.match(k)]
+    return f"{parts.scheme.lower()}://{netloc}{path}" + (f"?{urlencode(query)}" if query else "")
+
+
 def plain_text(fragment: str | None) -> str:
     """HTML (or text with entities) -> one line of plain text."""
     if not fragment:
@@ -85,6 +110,18 @@ def plain_text(fragment: str | None) -> str:
     text = _TAG.sub(" ", fragment[:MAX_HTML])
     text = html.unescape(html.unescape(text)) if "&amp;" in text else html.unescape(text)
     return _SPACE.sub(" ", text).strip()
+
+
+def excerpt(fragment: str | None, *, limit: int = 300) -> str:
+    """The start of a text as plain text, cut at a word within `limit` characters ("…" if cut)."""
+    head = (fragment or "")[: limit * 8]
+    if head.rfind("<") > head.rfind(">"):
+        head = head[: head.rfind("<")]  # a tag cut in two
+    text = plain_text(head)
+    if len(text) <= limit:
+        return text
+    cut = text[: limit + 1].rsplit(" ", 1)[0] if " " in text[: limit + 1] else text[:limit]
+    return cut.rstrip(" ,;:.-") + "…"
 
 
 def _drop_pixel(match: re.Match[str]) -> str:
@@ -199,8 +236,8 @@ def normalize_entry(entry: ParsedEntry, source: Source, *, base: str, now: datet
     guid = entry_guid(entry, link=link, title=title)
     summary = sanitize_html(entry.summary, base=link or base)
     content = sanitize_html(entry.content, base=link or base)
-    published = clamp(entry.published, now=now)
-    updated = clamp(entry.updated, now=now)
+    published = clamp(entry.published + source.shift if entry.published else None, now=now)
+    updated = clamp(entry.updated + source.shift if entry.updated else None, now=now)
     return Story(
         source=source.name,
         guid=guid,

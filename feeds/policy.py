@@ -14,8 +14,8 @@ import statistics
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from feeds.models import FetchResult, ParsedFeed, Source, SourceState
-from feeds.timeutil import parse_http_date, parse_retry_after, to_rfc3339
+from feeds.models import FetchResult, ParsedFeed, Source, SourceState, word
+from feeds.timeutil import format_duration, parse_http_date, parse_retry_after, to_rfc3339
 from feeds.untrusted import MAX_DELTA, MAX_HEADER, MAX_MESSAGE, MAX_URL, clamp_seconds, clean_text, strip_userinfo
 
 JITTER = 0.1  # up to +10% so sources configured alike are not polled in lockstep
@@ -225,3 +225,20 @@ def _failed(state: SourceState, result: FetchResult, *, source: Source, now: dat
         next_poll=next_poll,
         redirect_to=state.redirect_to,
     )
+
+
+def describe_state(state: SourceState, *, now: datetime) -> str:
+    """One phrase for a source's state: ok, unchanged, failing since ..., gone, ..."""
+    if state.status == "gone":
+        return "gone (HTTP 410; `feeds sources reset` to resume)"
+    if state.retry_after and state.retry_after > now:
+        return f"retry-after until {to_rfc3339(state.retry_after)}"
+    if state.status == "failing":
+        since = format_duration(now - state.failing_since) if state.failing_since else "?"
+        return f"failing for {since}, backing off until {to_rfc3339(state.next_poll) if state.next_poll else '?'}"
+    text = {"new": "never polled"}.get(state.status, word(state.status))
+    if state.moved_from:
+        text += f" (moved from {state.moved_from})"
+    if state.redirect_to:
+        text += f" (permanent redirect to {state.redirect_to} seen {state.redirect_seen}x, not yet confirmed)"
+    return text

@@ -10,7 +10,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +22,7 @@ from feeds.models import FetchResult, Fingerprint, OutcomeStatus, PollOutcome, S
 from feeds.normalize import stable_hash
 from feeds.prepare import Options, Prepared, prepare
 from feeds.store import PollTransaction, Store
+from feeds.timeutil import to_rfc3339
 from feeds.workers import Inline, Runner, WorkerDiedError, WorkerTimeoutError
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,7 @@ def _poll_cycle(
     more, while the workers prepare the next ones).
     Fetches run only as far ahead as preparing keeps up, and preparing only as far ahead as
     storing does (bounded queues all the way)."""
+    plan = [(rebased(store, source, now=now), state) for source, state in plan]
     sources = {state.name: (source, state) for source, state in plan}
     fetched: dict[str, FetchResult] = {}
     outcomes: list[PollOutcome] = []
@@ -249,6 +251,20 @@ def _poll_cycle(
     return outcomes
 
 
+def rebased(store: Store, source: Source, *, now: datetime) -> Source:
+    """A source whose dates are rebased (the bundled samples) with its shift: the time between
+    its `rebase` instant and this store's first poll of a source rebased on that instant (kept
+    in the store, so every later poll and every such source shifts alike)."""
+    if source.rebase is None:
+        return source
+    key = f"rebase:{to_rfc3339(source.rebase)}"
+    first = store.meta(key)
+    if first is None:
+        first = str(now.timestamp())
+        store.set_meta(key, first)
+    return replace(source, shift=datetime.fromtimestamp(float(first), UTC) - source.rebase)
+
+
 def process_result(
     settings: Settings,
     store: Store,
@@ -263,6 +279,7 @@ def process_result(
     preparing (in a worker process under a time limit, in the daemon)."""
     prepared: Prepared | Exception
     try:
+        source = rebased(store, source, now=now)
         prepared = (runner or Inline()).run(prepare, source, state, result, Options(settings.max_entries, settings.dedupe), now)
     except Exception as exc:
         prepared = exc

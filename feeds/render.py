@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from feedgen.ext.base import BaseEntryExtension, BaseExtension
@@ -22,6 +22,7 @@ from feedgen.util import xml_elem
 
 from feeds import PROJECT_URL, __version__
 from feeds.models import Cluster, OutputSpec, Story
+from feeds.normalize import display_url, excerpt
 from feeds.rules import entry_title
 from feeds.timeutil import EPOCH, to_rfc3339
 from feeds.untrusted import xml_safe
@@ -107,23 +108,75 @@ def byline(story: Story, outlet: str) -> list[str]:
     return [name if outlet.casefold() in name.casefold() else f"{name}, {outlet}" for name in names] or [outlet]
 
 
+def shown_time(value: datetime) -> str:
+    """A time as entries say it in text: "7 Dec 2026 14:02 UTC"."""
+    return f"{value.day} {value.strftime('%b %Y %H:%M')} UTC"
+
+
+def story_page(view: FeedView, cluster: Cluster) -> str:
+    """The address of a story's own page (every outlet that carried it, as a timeline)."""
+    return f"{view.home}story/{cluster.id}"
+
+
 def entry_html(view: FeedView, cluster: Cluster) -> str | None:
-    """The lead's sanitized HTML followed by "Also reported by" links to the other outlets."""
+    """The lead's sanitized HTML, then each other outlet with its own headline, time and a clean
+    link ("Also reported by"), which reports are independent, and a link to the story's page."""
     lead = cluster.lead
     body = lead.content_html or lead.summary_html or ""
-    others = [o for o in cluster.others if o.link]
+    others = [o for o in sorted(cluster.others, key=lambda s: (s.when, s.id)) if display_url(o.link)]
     if others:
-        links = ", ".join(f'<a href="{html.escape(o.link or "", quote=True)}">{html.escape(view.outlet(o).title)}</a>' for o in others)
-        body += f'<p class="feeds-also">Also reported by: {links}</p>'
+        items = "".join(
+            f'<li><a href="{html.escape(display_url(o.link) or "", quote=True)}">{html.escape(o.title or "(untitled)")}</a>'
+            f" ({html.escape(view.outlet(o).title)}, {shown_time(o.when)})</li>"
+            for o in others
+        )
+        body += f'<p class="feeds-also">Also reported by:</p><ul class="feeds-also">{items}</ul>'
     if len(cluster.reports) > 1:  # an event: say which reports are independent, which are copies
-        stories = {s.id: s for s in cluster.members}
-        carried = [sorted((stories[i] for i in r if i in stories), key=lambda s: (s.when, s.id)) for r in cluster.reports]
         parts = []
-        for report in sorted((r for r in carried if r), key=lambda r: (r[0].when, r[0].id)):  # first reported first
+        for report in _reports(cluster):
             names = [html.escape(view.outlet(s).title) for s in report]
             parts.append(names[0] + (f" (copied by {', '.join(dict.fromkeys(names[1:]))})" if len(names) > 1 else ""))
         body += f'<p class="feeds-reports">{len(parts)} independent reports: {"; ".join(parts)}</p>'
+    if len(cluster.members) > 1 and view.base_url.startswith(("http://", "https://")):
+        page = html.escape(story_page(view, cluster), quote=True)
+        body += f'<p class="feeds-story"><a href="{page}">How {len(cluster.members)} outlets reported this story</a></p>'
     return xml_safe(body) or None
+
+
+def _reports(cluster: Cluster) -> list[list[Story]]:
+    """An event's independent reports, first reported first; each its stories, earliest first
+    (the original, then its copies). A story that is no event holds one report."""
+    stories = {s.id: s for s in cluster.members}
+    groups = cluster.reports or (tuple(s.id for s in cluster.members),)
+    carried = [sorted((stories[i] for i in r if i in stories), key=lambda s: (s.when, s.id)) for r in groups]
+    return sorted((r for r in carried if r), key=lambda r: (r[0].when, r[0].id))
+
+
+def timeline(view: FeedView, cluster: Cluster) -> list[dict[str, Any]]:
+    """Every outlet that carried a story, in the order feeds saw them: its headline, clean link,
+    published time, when feeds first saw it, when its text changed, and which report it is."""
+    rows = []
+    for number, report in enumerate(_reports(cluster), 1):
+        for position, story in enumerate(report):
+            changed = story.updated if story.updated and story.updated - story.when > _CHANGE else None
+            rows.append(
+                {
+                    "source": story.source,
+                    "outlet": view.outlet(story).title,
+                    "title": story.title,
+                    "url": display_url(story.link),
+                    "published": to_rfc3339(story.when),
+                    "seen": to_rfc3339(story.first_seen),
+                    "changed": to_rfc3339(changed) if changed else None,
+                    "report": number,
+                    "copy": position > 0,
+                    "lead": story.id == cluster.lead.id,
+                }
+            )
+    return sorted(rows, key=lambda r: (r["published"], r["seen"], r["source"]))
+
+
+_CHANGE = timedelta(minutes=1)  # an updated stamp closer than this to publication is no change
 
 
 class _SourceFeedExt(BaseExtension):  # type: ignore[misc]
@@ -240,10 +293,12 @@ def _entry(fe: FeedEntry, view: FeedView, cluster: Cluster) -> None:
     fe.id(cluster.atom_id)
     fe.guid(cluster.atom_id, permalink=False)
     fe.title(xml_safe(entry_title(cluster, view.output, view.outlet(lead).title)))
-    links = [{"rel": "alternate", "type": "text/html", "href": lead.link}] if lead.link else []
+    lead_link = display_url(lead.link)
+    links = [{"rel": "alternate", "type": "text/html", "href": lead_link}] if lead_link else []
     for other in cluster.others:
-        if other.link and other.link != lead.link:
-            links.append({"rel": "via", "type": "text/html", "href": other.link, "title": xml_safe(view.outlet(other).title)})
+        link = display_url(other.link)
+        if link and link != lead_link:
+            links.append({"rel": "via", "type": "text/html", "href": link, "title": xml_safe(view.outlet(other).title)})
     if lead.enclosures:
         enc = lead.enclosures[0]
         fe.enclosure(xml_safe(enc.url), str(enc.length or 0), xml_safe(enc.type or "application/octet-stream"))
@@ -256,8 +311,8 @@ def _entry(fe: FeedEntry, view: FeedView, cluster: Cluster) -> None:
         }
         for e in lead.enclosures
     ]
-    if lead.link:
-        fe.link(href=lead.link, rel="alternate")
+    if lead_link:
+        fe.link(href=lead_link, rel="alternate")
     fe.feedssource.links = links
     fe.feedssource.updated = max((m.stamp for m in cluster.members if m.source == lead.source), default=lead.stamp)
     fe.updated(cluster.updated)
@@ -335,20 +390,20 @@ def _render_json(view: FeedView) -> bytes:
         outlet = view.outlet(lead)
         item: dict[str, Any] = {
             "id": cluster.atom_id,
-            "url": lead.link,
+            "url": display_url(lead.link),
             "title": entry_title(cluster, view.output, view.outlet(lead).title),
             "content_html": entry_html(view, cluster) or "",
+            "summary": excerpt(lead.summary_html or lead.content_html) or None,  # plain text, as JSON Feed says
             "date_published": to_rfc3339(lead.when),
             "date_modified": to_rfc3339(cluster.updated),
             "authors": [{"name": name} for name in byline(lead, outlet.title)],
             "_feeds": {
                 "seq": cluster.id,  # grows with every new story: the river page's live-update cursor
                 "source": {"name": outlet.name, "title": outlet.title, "feed_url": outlet.feed_url or None, "home_page_url": outlet.link},
-                "via": [{"source": view.outlet(o).title, "url": o.link} for o in cluster.others if o.link],
+                "via": [{"source": view.outlet(o).title, "url": display_url(o.link)} for o in cluster.others if display_url(o.link)],
+                "outlets": timeline(view, cluster),
             },
         }
-        if lead.summary_html and lead.content_html:
-            item["summary"] = lead.summary_html
         if lead.categories:
             item["tags"] = list(lead.categories)
         if lead.enclosures:

@@ -19,7 +19,7 @@ import re
 import resource
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -42,10 +42,22 @@ from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from feeds.metrics import OUTPUT_RESPONSES
-from feeds.models import Settings, SourceState
-from feeds.normalize import sanitize_html
+from feeds.models import OutputSpec, Settings, SourceView
+from feeds.pages import (
+    Filters,
+    OutputSummary,
+    index_page,
+    missing_story_page,
+    newest,
+    river_item_html,
+    river_page,
+    seq,
+    sources_page,
+    story_page,
+    time_html,
+)
 from feeds.render import FORMATS
-from feeds.timeutil import parse_http_date, parse_rfc3339
+from feeds.timeutil import parse_http_date
 from feeds.untrusted import digits, web_url, xml_safe
 
 log = logging.getLogger(__name__)
@@ -53,7 +65,7 @@ log = logging.getLogger(__name__)
 HealthCheck = Callable[[], tuple[bool, dict[str, Any]]]
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src http: https:; connect-src 'self'; "
-    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 PAGE_HEADERS = {"Content-Security-Policy": CSP}  # nosniff and no-referrer come from SecurityHeaders
 LIVE_CHECK_SECONDS = 1.0  # how often an open river page's stream looks for a newer output
@@ -74,14 +86,24 @@ _ARCHIVE = re.compile(r"^(.+)-archive-[1-9][0-9]{0,8}$")
 
 
 class PublishedFiles:
-    """Reads published outputs from publish_dir, cached until the file changes."""
+    """Reads published outputs from publish_dir, cached until the file changes. The outputs are
+    the current config's: a daemon that reloads its config serves a new output at once."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.directory = settings.publish_dir
-        self.outputs = {o.name: o for o in settings.outputs}
+    def __init__(self, settings: Callable[[], Settings]) -> None:
+        self._settings = settings
         self._cache: dict[str, tuple[tuple[int, int], Published]] = {}
         self._json: dict[str, tuple[str, dict[str, Any]]] = {}  # by the JSON file's ETag
         self._lock = threading.Lock()
+
+    @property
+    def directory(self) -> Path:
+        """Where outputs are published."""
+        return self._settings().publish_dir
+
+    @property
+    def outputs(self) -> dict[str, OutputSpec]:
+        """The configured outputs, by name."""
+        return {o.name: o for o in self._settings().outputs}
 
     def is_archive(self, name: str, fmt: str) -> bool:
         """True for an archive page of an output that keeps archives (RFC 5005): immutable."""
@@ -166,66 +188,13 @@ def _accepts_gzip(request: Request) -> bool:
     return False
 
 
-def _stamp(item: dict[str, Any], key: str = "date_modified") -> datetime | None:
-    return parse_rfc3339(item.get(key) or item.get("date_published"))
-
-
-def _newest(items: list[dict[str, Any]]) -> datetime | None:
-    """The newest last-modified stamp of JSON Feed items (the page's "last updated")."""
-    return max((s for s in (_stamp(i) for i in items) if s), default=None)
-
-
-def _seq(item: dict[str, Any]) -> int:
-    """An item's live-update sequence number (0 for items that are not stories)."""
-    return int((item.get("_feeds") or {}).get("seq") or 0)
-
-
-def _time_html(value: datetime | None) -> str:
-    if value is None:
-        return ""
-    exact = value.strftime("%Y-%m-%d %H:%M UTC")
-    return f'<time datetime="{value.strftime("%Y-%m-%dT%H:%M:%SZ")}" title="{exact}">{exact}</time>'
-
-
-def river_item_html(item: dict[str, Any]) -> str:
-    """One story of the river page: escaped title, outlet, time, sanitized HTML."""
-    meta = item.get("_feeds") or {}
-    seq = _seq(item)
-    outlet = (meta.get("source") or {}).get("title") or ""
-    url = item.get("url") or ""
-    title = html.escape(item.get("title") or "(untitled)")
-    heading = title
-    if url.startswith(("http://", "https://")):
-        heading = f'<a href="{html.escape(url, quote=True)}" rel="noopener noreferrer">{title}</a>'
-    body = sanitize_html(item.get("content_html"), base=None) or ""
-    return (
-        f'<article class="story" id="story-{seq}" data-seq="{seq}">'
-        f"<h2>{heading}</h2>"
-        f'<p class="meta"><span class="outlet">{html.escape(outlet)}</span> · {_time_html(_stamp(item, "date_published"))}</p>'
-        f'<div class="body">{body}</div></article>'
-    )
-
-
-def _page(title: str, head: str, body: str, *, root: str) -> str:
-    return (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{html.escape(title)}</title>"
-        f'<link rel="stylesheet" href="{root}static/river.css">'
-        f"{head}</head><body>{body}</body></html>"
-    )
-
-
-def _alternates(name: str, title: str, *, root: str) -> str:
-    return "".join(
-        f'<link rel="alternate" type="{FORMATS[fmt]}" title={quoteattr(f"{title} ({label})")} href="{root}{name}.{fmt}">'
-        for fmt, label in (("atom", "Atom"), ("rss", "RSS"), ("json", "JSON Feed"))
-    )
-
-
-def _max_seq(document: dict[str, Any] | None) -> int:
+def _max_seq(document: Mapping[str, Any] | None) -> int:
     items = (document or {}).get("items") or []
-    return max((_seq(i) for i in items), default=0)
+    return max((seq(i) for i in items), default=0)
+
+
+def _html(text: str, status: int = 200) -> Response:
+    return Response(text, status_code=status, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
 
 
 class SecurityHeaders(BaseHTTPMiddleware):
@@ -239,16 +208,20 @@ class SecurityHeaders(BaseHTTPMiddleware):
 
 
 def create_app(
-    settings: Settings,
+    settings: Settings | Callable[[], Settings],
     *,
     health: HealthCheck,
     metrics: Callable[[], bytes],
-    states: Callable[[], dict[str, SourceState]] | None = None,
+    statuses: Callable[[], list[SourceView]] | None = None,
     websub_routes: list[Route] | None = None,
 ) -> Starlette:
-    """The web app: `health` and `metrics` come from the composition root (daemon or serve)."""
-    files = PublishedFiles(settings)
-    max_age = settings.server.cache_max_age
+    """The web app: `health`, `metrics` and the sources' `statuses` come from the composition root
+    (daemon or serve). `settings` may be a callable: the daemon's current config, reloaded."""
+    current: Callable[[], Settings] = settings if callable(settings) else lambda: settings
+    files = PublishedFiles(current)
+
+    def site() -> str:
+        return current().title
 
     def output_file(request: Request) -> Response:
         name, fmt = request.path_params["name"], request.path_params["fmt"]
@@ -261,7 +234,7 @@ def create_app(
         headers = {
             "ETag": etag,
             "Last-Modified": format_datetime(published.modified, usegmt=True),
-            "Cache-Control": "public, max-age=31536000, immutable" if immutable else f"public, max-age={max_age}",
+            "Cache-Control": "public, max-age=31536000, immutable" if immutable else f"public, max-age={current().server.cache_max_age}",
             "Vary": "Accept-Encoding",
         }
         inm = request.headers.get("if-none-match")
@@ -274,48 +247,41 @@ def create_app(
             headers["Content-Encoding"] = "gzip"
         return Response(published.gzipped if gzipped else published.data, media_type=published.media_type, headers=headers)
 
+    def sources_now() -> list[SourceView]:
+        return statuses() if statuses is not None else []
+
     def index(request: Request) -> Response:
-        rows, head = [], ""
+        summaries = []
         for name, output in files.outputs.items():
             document = files.feed(name) or {}
             items = document.get("items") or []
-            title = document.get("title") or output.title
-            newest = _newest(items)
-            head += _alternates(name, title, root="")
-            rows.append(
-                f'<li><h2><a href="{name}/">{html.escape(title)}</a></h2>'
-                f'<p class="meta">{len(items)} entries · last updated {_time_html(newest) or "never"}</p>'
-                f'<p class="subscribe">Subscribe: <a href="{name}.atom">Atom</a> · <a href="{name}.rss">RSS</a> · '
-                f'<a href="{name}.json">JSON Feed</a></p></li>'
-            )
-        body = (
-            f'<header><h1>feeds</h1></header><main><ul class="outputs">{"".join(rows)}</ul>'
-            '<p><a href="sources.opml">Sources (OPML)</a></p></main>'
-        )
-        return Response(_page("feeds", head, body, root=""), media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+            summaries.append(OutputSummary(name, document.get("title") or output.title, len(items), newest(items)))
+        rows = sources_now()
+        page = index_page(site(), summaries, sources=len(rows), failing=sum(r.failing for r in rows), now=datetime.now(UTC))
+        return _html(page)
+
+    def sources(request: Request) -> Response:
+        return _html(sources_page(site(), sources_now(), now=datetime.now(UTC)))
 
     def river(request: Request) -> Response:
         name = request.path_params["name"]
         if name not in files.outputs:
             return PlainTextResponse("not found\n", status_code=404)
         document = files.feed(name) or {}
+        filters = Filters.from_query(request.query_params)
+        return _html(river_page(site(), name, document, filters, now=datetime.now(UTC), fallback_title=files.outputs[name].title))
+
+    def story(request: Request) -> Response:
+        name, number = request.path_params["name"], request.path_params["seq"]
+        if name not in files.outputs:
+            return PlainTextResponse("not found\n", status_code=404)
+        document = files.feed(name) or {}
         title = document.get("title") or files.outputs[name].title
-        items = document.get("items") or []
-        newest = _newest(items)
-        body = (
-            f'<header><p class="crumbs"><a href="../">feeds</a></p><h1>{html.escape(title)}</h1>'
-            f'<p class="meta">Last updated <span id="last-updated">{_time_html(newest) or "never"}</span> · '
-            f'<a href="../{name}.atom">Atom</a> · <a href="../{name}.rss">RSS</a> · <a href="../{name}.json">JSON Feed</a>'
-            f' <span id="live" class="live" hidden>live</span></p></header>'
-            f'<main id="river" data-events="events" data-seq="{_max_seq(document)}">'
-            f"{''.join(river_item_html(i) for i in items) or '<p class=empty>No stories yet.</p>'}</main>"
-            '<script src="../static/river.js" defer></script>'
-        )
-        return Response(
-            _page(title, _alternates(name, title, root="../"), body, root="../"),
-            media_type="text/html; charset=utf-8",
-            headers=PAGE_HEADERS,
-        )
+        wanted = digits(number)
+        item = next((i for i in document.get("items") or [] if wanted and seq(i) == wanted), None)
+        if item is None:
+            return _html(missing_story_page(site(), title), status=404)
+        return _html(story_page(site(), name, title, item, now=datetime.now(UTC)))
 
     async def events(request: Request) -> Response:
         name = request.path_params["name"]
@@ -323,27 +289,31 @@ def create_app(
             return PlainTextResponse("not found\n", status_code=404)
         # A cursor from the client: a short run of ASCII digits, or none (`²`, 5000 digits: none).
         resume = digits(request.headers.get("last-event-id")) or digits(request.query_params.get("since"))
+        filters = Filters.from_query(request.query_params)  # the page's filters: only stories it would show
 
         async def stream() -> AsyncIterator[ServerSentEvent]:
             last = resume if resume is not None else _max_seq(await run_in_threadpool(files.feed, name))
             yield ServerSentEvent(comment="connected", retry=3000)
             while True:
                 document = await run_in_threadpool(files.feed, name) or {}
-                fresh = [i for i in document.get("items") or [] if _seq(i) > last]
-                for item in sorted(fresh, key=_seq):
-                    last = _seq(item)
-                    stamp = _stamp(item)
-                    payload = {"html": river_item_html(item), "updated": _time_html(stamp)}
+                items = document.get("items") or []
+                fresh = [i for i in items if seq(i) > last]
+                for item in sorted(fresh, key=seq):
+                    last = seq(item)
+                    if not filters.matches(item):
+                        continue
+                    now = datetime.now(UTC)
+                    payload = {"html": river_item_html(item, now=now), "updated": time_html(newest(items), now=now)}
                     yield ServerSentEvent(json.dumps(payload), event="story", id=str(last))
                 await anyio.sleep(LIVE_CHECK_SECONDS)
 
         return EventSourceResponse(stream(), ping=15, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     def opml(request: Request) -> Response:
-        current = states() if states is not None else {}
+        known = {row.name: row.state for row in sources_now()}
         outlines = []
-        for source in settings.sources:
-            state = current.get(source.name)
+        for source in current().sources:
+            state = known.get(source.name)
             url = web_url(state.url if state is not None else source.url)  # no credentials, no odd schemes
             if url is None:
                 continue  # a local file is nothing another reader can subscribe to
@@ -352,7 +322,8 @@ def create_app(
             home = f" htmlUrl={quoteattr(link)}" if link else ""
             outlines.append(f'    <outline type="rss" text={quoteattr(title)} title={quoteattr(title)} xmlUrl={quoteattr(url)}{home}/>')
         document = (
-            '<?xml version="1.0" encoding="UTF-8"?>\n<opml version="2.0">\n  <head>\n    <title>feeds sources</title>\n'
+            '<?xml version="1.0" encoding="UTF-8"?>\n<opml version="2.0">\n  <head>\n'
+            f"    <title>{html.escape(xml_safe(current().title))} sources</title>\n"
             f"    <dateCreated>{format_datetime(datetime.now(UTC), usegmt=True)}</dateCreated>\n  </head>\n  <body>\n"
             + "\n".join(outlines)
             + "\n  </body>\n</opml>\n"
@@ -375,7 +346,7 @@ def create_app(
 
     def static(request: Request) -> Response:
         name = request.path_params["file"]
-        types = {"river.js": "text/javascript; charset=utf-8", "river.css": "text/css; charset=utf-8", "screenshot.png": "image/png"}
+        types = {"river.js": "text/javascript; charset=utf-8", "river.css": "text/css; charset=utf-8"}
         if name not in types:
             return PlainTextResponse("not found\n", status_code=404)
         data = (resources.files("feeds") / "static" / name).read_bytes()
@@ -386,6 +357,7 @@ def create_app(
         Route("/health", health_endpoint),
         Route("/metrics", metrics_endpoint),
         Route("/sources.opml", opml),
+        Route("/sources", sources),
         Route("/static/{file}", static),
         Route("/favicon.ico", lambda request: Response(status_code=204)),
         *(websub_routes or []),
@@ -393,6 +365,7 @@ def create_app(
         Route("/{name}/", river),
         Route("/{name}", river_without_slash),
         Route("/{name}/events", events),
+        Route("/{name}/story/{seq}", story),
     ]
     app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)])
     app.router.redirect_slashes = False  # its redirects are absolute URLs from the Host header

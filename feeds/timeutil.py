@@ -43,6 +43,23 @@ def format_duration(delta: timedelta) -> str:
     return "".join(parts[:2])
 
 
+def ago(value: datetime | None, *, now: datetime) -> str:
+    """A time as people say it: "just now", "3 min ago", "5 h ago", "9 days ago" (or "in 4 min");
+    "-" for none."""
+    if value is None:
+        return "-"
+    seconds = (now - value).total_seconds()
+    future, seconds = seconds < 0, abs(seconds)
+    if seconds < 45:
+        return "just now" if not future else "now"
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size * (1.5 if unit == "days" else 1):
+            amount = round(seconds / size)
+            text = f"{amount} {'day' if unit == 'days' and amount == 1 else unit}"
+            return f"in {text}" if future else f"{text} ago"
+    return "in 1 min" if future else "1 min ago"
+
+
 def from_struct(value: time.struct_time | None) -> datetime | None:
     """feedparser's `*_parsed` struct (always UTC) -> aware UTC datetime."""
     if value is None:

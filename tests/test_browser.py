@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ROOT, FeedServer, rss, run_feeds, story_item, write_config
+from tests.conftest import ROOT, FeedServer, rss, run_feeds, story_item, wait_for, write_config
 from tests.test_server import free_port
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -137,3 +138,61 @@ def test_hostile_payloads_never_execute(browser: webdriver.Chrome, daemon: tuple
     with pytest.raises(NoAlertPresentException):
         browser.switch_to.alert.text  # noqa: B018
     assert [e for e in console_errors(browser) if "Content Security Policy" not in e] == []
+
+
+CONTRAST = """
+function parse(c) { var m = c.match(/[\\d.]+/g).map(Number); return m.length > 3 && m[3] === 0 ? null : m.slice(0, 3); }
+function lum(rgb) {
+  var v = rgb.map(function (x) { x /= 255; return x <= 0.03928 ? x / 12.92 : Math.pow((x + 0.055) / 1.055, 2.4); });
+  return 0.2126 * v[0] + 0.7152 * v[1] + 0.0722 * v[2];
+}
+function background(el) {
+  for (; el; el = el.parentElement) { var bg = parse(getComputedStyle(el).backgroundColor); if (bg) return bg; }
+  return [255, 255, 255];
+}
+var worst = [];
+document.querySelectorAll("body *").forEach(function (el) {
+  var own = Array.prototype.some.call(el.childNodes, function (n) { return n.nodeType === 3 && n.textContent.trim(); });
+  if (!own || !el.getClientRects().length) return;
+  var a = lum(parse(getComputedStyle(el).color)), b = lum(background(el));
+  var ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+  if (ratio < 4.5) worst.push(el.tagName + "." + el.className + " " + ratio.toFixed(2) + ": " + el.textContent.trim().slice(0, 40));
+});
+return {worst: worst, body: getComputedStyle(document.body).backgroundColor};
+"""
+
+
+def test_every_text_meets_wcag_aa_contrast_in_light_and_dark_mode(browser: webdriver.Chrome, daemon: tuple[str, Path]) -> None:
+    base, _ = daemon
+    browser.get(f"{base}/all/")
+    story = browser.find_element(By.CSS_SELECTOR, "article.story p.more a").get_attribute("href")
+    for scheme, body in (("light", "rgb(255, 255, 255)"), ("dark", "rgb(21, 21, 21)")):
+        browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": scheme}]})
+        for url in (f"{base}/", f"{base}/all/", f"{base}/sources", story):
+            browser.get(url)
+            found = browser.execute_script(CONTRAST)
+            assert found["body"] == body, (scheme, url)
+            assert found["worst"] == [], (scheme, url)  # every text at least 4.5:1 on what is behind it (computed styles)
+
+
+def test_older_stories_load_in_place_and_times_read_in_days(
+    browser: webdriver.Chrome, daemon: tuple[str, Path], server: FeedServer
+) -> None:
+    base, config = daemon
+    server.serve("/a", rss(*(story_item(n) for n in range(1, 26)), title="Outlet A"))
+    assert run_feeds("sources", "reset", "a", "-c", str(config)).returncode == 0
+    assert wait_for(lambda: b"Story 25" in requests.get(f"{base}/all.atom", timeout=2).content)
+    browser.get(f"{base}/all/")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "article.story")) == 20
+    browser.execute_script("window.__sameDocument = true;")
+    browser.find_element(By.CSS_SELECTOR, "nav.pages a.older").click()
+    WebDriverWait(browser, 10).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "article.story")) == 26)  # and the hostile one
+    assert browser.execute_script("return window.__sameDocument === true;")  # appended, not a new page
+    assert browser.find_elements(By.CSS_SELECTOR, "nav.pages a.older") == []
+    for time_element in browser.find_elements(By.CSS_SELECTOR, "article.story time"):
+        assert re.fullmatch(r"\d+ days ago", time_element.text), time_element.text  # stories of 20 Nov 2026: "18 days ago"
+        assert time_element.get_attribute("title").endswith("UTC")  # exact on hover
+    browser.find_element(By.CSS_SELECTOR, "input[name=q]").send_keys("Story 7\n")  # the filter form: a plain GET
+    WebDriverWait(browser, 10).until(lambda d: "q=Story+7" in d.current_url)
+    assert [h.text for h in browser.find_elements(By.CSS_SELECTOR, "article.story h2")] == ["Story 7"]
+    assert console_errors(browser) == []

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -33,6 +36,10 @@ def test_bundled_config_polls_offline_and_publishes(tmp_path: Path) -> None:
     assert not parsed.bozo and len(parsed.entries) == 5  # 7 sample stories; the wire story merged 3 ways
     seawall = next(e for e in parsed.entries if "seawall" in e.title.lower())
     assert len([lk for lk in seawall.links if lk.rel == "via"]) == 2
+    # The samples are dated relative to the first poll: the demo reads as news of the last days.
+    now = datetime.now(UTC)
+    published = sorted(datetime(*e.published_parsed[:6], tzinfo=UTC) for e in parsed.entries)
+    assert now - timedelta(days=5) < published[0] and published[-1] <= now and now - published[-1] < timedelta(hours=12)
     again = run_feeds("poll", "-c", str(config))
     assert again.returncode == 0 and "no source is due" in again.stdout
 
@@ -218,7 +225,7 @@ def test_one_word_per_state_and_times_as_people_say_them(tmp_path: Path, server:
 
 
 def test_relative_times() -> None:
-    from feeds.cli import ago
+    from feeds.timeutil import ago
 
     now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
     said = {
@@ -291,3 +298,43 @@ def test_sigterm_stops_the_daemon_at_once_and_a_second_signal_does_not_wait(tmp_
     assert "maximum number of running instances" not in stderr  # ticks skipped while the slow one ran: not a warning each
     seconds, code, stderr, _ = stop_while_reading(tmp_path / "two", server, ["run", "--port", "0"], signal.SIGINT, twice=True)
     assert seconds < 5 and "Traceback" not in stderr, (seconds, code, stderr)
+
+
+def run_in_terminal(*args: str, timeout: float = 60) -> str:
+    """Run `feeds` on a pseudo-terminal, as a user at a shell does; everything it wrote."""
+    main, side = pty.openpty()
+    env = {**os.environ, "COLUMNS": "100", "LINES": "30", "TERM": "xterm"}
+    process = subprocess.Popen([sys.executable, "-m", "feeds", *args], cwd=ROOT, stdin=side, stdout=side, stderr=side, env=env)
+    os.close(side)
+    out = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([main], [], [], 1)
+        if ready:
+            try:
+                data = os.read(main, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            out += data
+        elif process.poll() is not None:
+            break
+    process.wait(timeout=10)
+    os.close(main)
+    return out.decode("utf-8", "replace")
+
+
+def test_on_a_terminal_the_progress_bar_owns_its_line_and_log_lines_print_above_it(tmp_path: Path, server: FeedServer) -> None:
+    for n in range(6):
+        server.serve(f"/s{n}", rss(story_item(n)), delay=0.3)
+    server.serve("/down", "gone fishing", status=500)
+    sources = [{"name": f"s{n}", "url": server.url(f"/s{n}")} for n in range(6)] + [{"name": "down", "url": server.url("/down")}]
+    config = write_config(tmp_path, sources)
+    screen = run_in_terminal("poll", "-c", str(config))
+    lines = [re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", line).rstrip("\r").rsplit("\r", 1)[-1] for line in screen.split("\n")]
+    warning = [line for line in lines if "poll-failed source=down" in line]
+    assert warning and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ WARNING feeds.poll: ", line) for line in warning), warning
+    assert "polling" in screen and "/7" in screen  # the bar was there: "polling ━━━ 3/7"
+    assert not any("polling" in line and "WARNING" in line for line in lines)  # never on one line
+    assert any(line.startswith("down ") and "HTTP 500" in line for line in lines)  # the results table, after the bar is gone

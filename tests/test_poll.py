@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import feedparser
@@ -181,3 +181,18 @@ def test_shutdown_abandons_sources_not_yet_fetched(tmp_path: Path, server: FeedS
     finally:
         fetcher.close()
         store.close()
+
+
+def test_rebased_sources_are_dated_from_the_first_poll_and_keep_that_shift(tmp_path: Path, server: FeedServer) -> None:
+    server.serve("/a", rss(story_item(10)))  # published Fri, 20 Nov 2026 10:00
+    server.serve("/b", rss(story_item(11)))  # 11:00
+    anchor = "2026-11-20T12:00:00Z"
+    settings = settings_for(tmp_path, [{"name": "a", "url": server.url("/a"), "rebase": anchor}])
+    poll(settings, now=NOW)
+    later = settings_for(
+        tmp_path, [{"name": "a", "url": server.url("/a"), "rebase": anchor}, {"name": "b", "url": server.url("/b"), "rebase": anchor}]
+    )
+    poll(later, now=NOW + timedelta(hours=5))  # b's first poll: the shift is still the first poll's
+    published = {row[0]: row[1] for row in db_rows(later, "SELECT source, published FROM stories")}
+    assert datetime.fromtimestamp(published["a"], UTC) == NOW - timedelta(hours=2)  # 5 days on, as the first poll
+    assert datetime.fromtimestamp(published["b"], UTC) == NOW - timedelta(hours=1)

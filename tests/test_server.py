@@ -24,6 +24,7 @@ from feeds.metrics import OUTPUT_RESPONSES, StoreCollector, exposition
 from feeds.models import Settings
 from feeds.scheduler import utc_now
 from feeds.server import create_app, make_server
+from feeds.status import source_statuses
 from feeds.store import open_store
 from tests.conftest import NOW, FeedServer, rss, settings_for, story_item
 from tests.test_poll import poll
@@ -45,10 +46,10 @@ class RunningServer:
         def scoped_store():  # type: ignore[no-untyped-def]
             return open_store(settings.storage, base=settings.path.parent)
 
-        def states():  # type: ignore[no-untyped-def]
+        def statuses():  # type: ignore[no-untyped-def]
             store = scoped_store()
             try:
-                return store.states()
+                return source_statuses(settings, store, now=utc_now())
             finally:
                 store.close()
 
@@ -56,7 +57,7 @@ class RunningServer:
             settings,
             health=lambda: (self.healthy, {"scheduler": "running" if self.healthy else "stalled"}),
             metrics=lambda: exposition(StoreCollector(scoped_store, utc_now)),
-            states=states,
+            statuses=statuses,
         )
         self.port = free_port()
         self.server = make_server(app, host="127.0.0.1", port=self.port)

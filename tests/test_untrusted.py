@@ -37,10 +37,10 @@ from feeds.errors import ParseError
 from feeds.fetch import Fetcher, is_private
 from feeds.models import Author, Cluster, DedupeSettings, Enclosure, FetchResult, FetchSettings, OutputSpec, Source, SourceState, Story
 from feeds.normalize import canonical_url, normalize_feed, plain_text, sanitize_html
+from feeds.pages import Filters, river_item_html, river_page, story_page
 from feeds.parse import discover_feeds, looks_like_html, neutralize_entities, parse_feed
 from feeds.poll import poll_due
 from feeds.render import FeedView, SourceInfo, render_all
-from feeds.server import river_item_html
 from feeds.store import open_store
 from feeds.timeutil import parse_http_date, parse_retry_after, parse_rfc3339
 from feeds.untrusted import MAX_DELTA
@@ -244,7 +244,10 @@ def test_every_field_of_an_entry_costs_linear_time(text: str) -> None:
             OutputSpec("all", "All"), (Cluster(1, "urn:x", story, (story,)),), {"s": SourceInfo("s", text[:300], "")}, "http://f/"
         )
         rendered = render_all(view)
-        river_item_html(json.loads(rendered["json"])["items"][0])
+        item = json.loads(rendered["json"])["items"][0]
+        river_item_html(item, now=NOW)
+        story_page("site", "all", "All", item, now=NOW)
+        river_page("site", "all", {"items": [item]}, Filters(q=text[:200], source="s", tag=text[:100]), now=NOW, fallback_title="All")
 
 
 @HOSTILE
@@ -765,12 +768,19 @@ def test_the_daemon_reloads_its_config_on_sighup_and_on_edits_and_keeps_it_on_a_
     process = subprocess.Popen([sys.executable, "-m", "feeds", *args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:
         assert wait_for(lambda: atom.exists() and b"Story 1" in atom.read_bytes())
-        # An edit: a new source is polled and published without a restart.
-        write_config(tmp_path, [{"name": "a", "url": server.url("/a")}, {"name": "b", "url": server.url("/b")}], extra=extra)
+        # An edit: a new source, a new output and a site title, without a restart.
+        outputs = "outputs:\n  - {name: all, title: All}\n  - {name: fresh, title: Fresh, include: {sources: [b]}}"
+        extra = f"{extra}\ntitle: Renamed Desk"
+        sources = [{"name": "a", "url": server.url("/a")}, {"name": "b", "url": server.url("/b")}]
+        write_config(tmp_path, sources, extra=extra, outputs=outputs)
         assert wait_for(lambda: b"Story 2" in atom.read_bytes())
+        if serve:  # the server serves the new output and the new title at once
+            assert wait_for(lambda: b"Story 2" in requests.get(f"http://127.0.0.1:{port}/fresh.atom", timeout=2).content)
+            assert "Story 2" in requests.get(f"http://127.0.0.1:{port}/fresh/", timeout=2).text
+            assert "<h1>Renamed Desk</h1>" in requests.get(f"http://127.0.0.1:{port}/", timeout=2).text
         # A bad edit keeps the running config (and the daemon running).
         good = config.read_text()
-        config.write_text(good + "  - name: c\n    url: ftp://nope.example/\n")
+        config.write_text(good.replace("sources:\n", "sources:\n  - name: c\n    url: ftp://nope.example/\n", 1))
         time.sleep(3)
         assert process.poll() is None and b"Story 2" in atom.read_bytes()
         config.write_text(good)
