@@ -25,6 +25,7 @@ from feeds.timeutil import ago, parse_rfc3339
 from feeds.untrusted import web_url
 
 PAGE_SIZE = 20  # stories on one page of the river: a few phone screens of excerpts
+ALSO_SHOWN = 3  # other outlets named on the river; the story page lists them all
 MAX_QUERY = 200  # characters of a title search
 MAX_PAGE = 10_000
 FORMAT_TYPES = {"atom": "application/atom+xml", "rss": "application/rss+xml", "json": "application/feed+json"}
@@ -185,7 +186,8 @@ def index_page(site: str, outputs: Sequence[OutputSummary], *, sources: int, fai
 
 def river_item_html(item: Mapping[str, Any], *, now: datetime) -> str:
     """One story on the river: headline (to the article), outlet and time, how many outlets
-    carried it, an excerpt, tags, and "Read more" to the story's own page."""
+    carried it, an excerpt, the other outlets (each with its headline, clean link and time),
+    tags, and "Read more" to the story's own page."""
     meta = _meta(item)
     number = seq(item)
     outlet = html.escape(str((meta.get("source") or {}).get("title") or ""))
@@ -193,12 +195,21 @@ def river_item_html(item: Mapping[str, Any], *, now: datetime) -> str:
     outlets = {str(r.get("source")) for r in _outlets(item)}
     carried = f' · <a href="story/{number}">{len(outlets)} outlets</a>' if len(outlets) > 1 else ""
     summary = html.escape(str(item.get("summary") or ""))
+    others = [r for r in _outlets(item) if not r.get("lead")]
+    also = ", ".join(
+        f"{_link(r.get('url'), html.escape(str(r.get('title') or '(untitled)')))} "
+        f"({html.escape(str(r.get('outlet') or ''))}, {time_html(parse_rfc3339(r.get('published')), now=now)})"
+        for r in others[:ALSO_SHOWN]
+    )
+    if len(others) > ALSO_SHOWN:
+        also += f' and <a href="story/{number}">{len(others) - ALSO_SHOWN} more</a>'
     tags = "".join(f'<a href="?{urlencode({"tag": t})}">{html.escape(t)}</a> ' for t in (item.get("tags") or []) if isinstance(t, str))
     return (
         f'<article class="story" id="story-{number}" data-seq="{number}">'
         f"<h2>{_link(item.get('url'), title)}</h2>"
         f'<p class="meta"><span class="outlet">{outlet}</span> · {time_html(stamp(item, "date_published"), now=now)}{carried}</p>'
         + (f'<p class="excerpt">{summary}</p>' if summary else "")
+        + (f'<p class="also">Also reported by: {also}</p>' if also else "")
         + (f'<p class="tags">{tags.strip()}</p>' if tags else "")
         + f'<p class="more"><a href="story/{number}">Read more</a></p></article>'
     )

@@ -108,6 +108,9 @@ def test_a_merged_story_has_its_own_page_with_a_timeline(site: RunningServer, se
     river = get(site, "/all/")
     merged = next(a for a in river.cssselect("article.story") if "Ferry" in a.text_content())
     assert "2 outlets" in merged.cssselect("p.meta")[0].text_content()
+    also = merged.cssselect("p.also")[0]  # on the river too: the other outlet's own headline, time and clean link
+    assert also.text_content().startswith("Also reported by: Harbour backs ferry plan (The Paper, ")
+    assert also.cssselect("a")[0].get("href") == "https://paper.example/ferry?id=7" and also.cssselect("time")
     page = get(site, f"/all/{merged.cssselect('p.more a')[0].get('href')}")
     assert page.cssselect("h1")[0].text_content() == "Ferry terminal approved"
     assert "harbour commission approved a new ferry terminal" in page.cssselect("article .body")[0].text_content()
