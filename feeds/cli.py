@@ -204,7 +204,8 @@ def _main(argv: Sequence[str] | None) -> int:
             _print(problem, file=sys.stderr)
         return USAGE
     if args.verb == "check":
-        _print(f"{args.config}: ok ({len(settings.sources)} sources, {len(settings.outputs)} outputs)")
+        if not args.quiet:
+            _print(f"{args.config}: ok ({len(settings.sources)} sources, {len(settings.outputs)} outputs)")
         return OK
     if args.verb == "sources" and args.sources_verb in ("add", "remove", "import", "export", "list"):
         try:

@@ -7,13 +7,14 @@ follow. Nothing here polls or writes.
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
@@ -41,9 +42,44 @@ def find_config() -> Path:
 
 
 _COLLECTION_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
+_STR = "tag:yaml.org,2002:str"
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: same marks, much faster
 MIN_INTERVAL_FLOOR = timedelta(minutes=1)
 _SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+def _split(url: str) -> SplitResult | None:
+    """urlsplit, or None for what it cannot read (`http://[::1` raises ValueError)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  # a port out of range raises here
+    except ValueError:
+        return None
+    return parts
+
+
+def _web(url: str) -> bool:
+    """An absolute http(s) URL with a host."""
+    parts = _split(url)
+    return parts is not None and parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+# The common source URL, checked without parsing (100,000 sources load in seconds): a host of
+# plain characters, an optional port, then a path, query or nothing.
+_PLAIN_WEB = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:[/?#][^\s]*)?")
+
+
+class _Loader(_LOADER):  # type: ignore[misc,valid-type]
+    """libyaml with a shortcut in YAML 1.1's type resolution: a plain scalar whose first
+    character no implicit type can start with (`source-1`, `https://...`) is a string at once,
+    without trying every pattern (the patterns were most of the time of a large file)."""
+
+    _STARTS = frozenset(k for k in _LOADER.yaml_implicit_resolvers if k)
+
+    def resolve(self, kind: type, value: str, implicit: tuple[bool, bool]) -> str:
+        if kind is yaml.ScalarNode and implicit[0] and value and value[0] not in self._STARTS:
+            return _STR
+        return str(super().resolve(kind, value, implicit))
 
 
 def _duration(value: Any) -> timedelta:
@@ -202,6 +238,8 @@ class _Reader:
             self.problems.append((path, "an alias refers to itself (recursive YAML)"))
             return None
         if isinstance(node, yaml.ScalarNode):
+            if node.tag == _STR:
+                return node.value  # what the constructor would do, without its bookkeeping
             try:
                 return self.constructor.construct_object(node, deep=True)
             except yaml.YAMLError as exc:
@@ -236,6 +274,90 @@ class _Reader:
         return data
 
 
+class _UnusualYamlError(Exception):
+    """The plain reader met something only the hardened one reads (an alias, an anchor, a tag,
+    a key that is not a scalar, a duplicate key, deep nesting)."""
+
+
+_MAX_DEPTH = 64  # deeper than any config; the hardened reader reports what it is
+
+
+def _plain_read(text: str, lines: dict[Path_, int] | None) -> Any:
+    """The document as plain data, from libyaml's events (no node tree, no recursion), recording
+    the line of every path as `_Reader` does (a mapping value: its key's line). Only for plain
+    documents: raises `_UnusualYamlError` for anything else, and the caller reads the file again
+    with compose and `_Reader`. (Written for speed: a 100,000-source file is 1.1 million events.)
+    Without `lines`, paths are not even built: a file without problems needs none."""
+    loader = _Loader(text)
+    constructor = yaml.SafeLoader("")  # its constructor, for the few plain scalars that are not strings
+    starts = _Loader._STARTS
+    scalar, mapping, sequence = yaml.ScalarEvent, yaml.MappingStartEvent, yaml.SequenceStartEvent
+    ends = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+    stack: list[list[Any]] = []  # [container, its path, the key waiting for its value, the key's line]
+    root: Any = None
+    documents = 0
+    tags: dict[str, str] = {}  # a plain scalar's resolved type, by its text
+    get_event = loader.get_event
+    try:
+        while True:
+            event = get_event()
+            kind = type(event)
+            if kind is scalar or kind is mapping or kind is sequence:
+                if event.anchor is not None or (kind is scalar and event.tag is not None):
+                    raise _UnusualYamlError
+                top = stack[-1] if stack else None
+                if top is not None and top[2] is None and type(top[0]) is dict:  # a key: its text, as written
+                    if kind is not scalar or event.value in top[0]:
+                        raise _UnusualYamlError
+                    top[2], top[3] = event.value, event.start_mark.line + 1
+                    continue
+                value: Any
+                if kind is not scalar:
+                    value = {} if kind is mapping else []
+                else:
+                    value = event.value
+                    if event.implicit[0] and (not value or value[0] in starts):  # plain, and may be a number, date, ...
+                        tag = tags.get(value)
+                        if tag is None:
+                            tag = tags[value] = loader.resolve(yaml.ScalarNode, value, event.implicit)
+                        if tag != _STR:
+                            value = constructor.construct_object(yaml.ScalarNode(tag, value, event.start_mark, event.end_mark))
+                if top is None:
+                    path: Path_ = ()
+                    root = value
+                    if lines is not None:
+                        lines[path] = event.start_mark.line + 1
+                elif type(top[0]) is dict:
+                    top[0][top[2]] = value
+                    if lines is not None or kind is not scalar:
+                        path = (*top[1], top[2])
+                        if lines is not None:
+                            lines[path] = top[3]
+                    top[2] = None
+                else:
+                    if lines is not None or kind is not scalar:
+                        path = (*top[1], len(top[0]))
+                        if lines is not None:
+                            lines[path] = event.start_mark.line + 1
+                    top[0].append(value)
+                if kind is not scalar:
+                    if len(stack) >= _MAX_DEPTH:
+                        raise _UnusualYamlError
+                    stack.append([value, path, None, 0])
+            elif kind in ends:
+                stack.pop()
+            elif kind is yaml.AliasEvent:
+                raise _UnusualYamlError
+            elif kind is yaml.DocumentStartEvent:
+                documents += 1
+                if documents > 1:
+                    raise _UnusualYamlError  # compose says what is wrong with a second document
+            elif kind is yaml.StreamEndEvent:
+                return root
+    finally:
+        loader.dispose()
+
+
 class _TooLargeError(Exception):
     """The document expands past the reader's budget (an alias bomb)."""
 
@@ -259,7 +381,21 @@ def _line(path: Path_, lines: dict[Path_, int]) -> int:
 
 
 def load_settings(path: Path) -> Settings:
-    """Read and validate a config file; raise ConfigError listing every problem."""
+    """Read and validate a config file; raise ConfigError listing every problem.
+
+    The cyclic garbage collector is paused meanwhile: reading builds millions of small objects
+    and no cycles, and the collector's passes over them were more than half the time of a
+    100,000-source file."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _load(path)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _load(path: Path) -> Settings:
     display = str(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -269,20 +405,30 @@ def load_settings(path: Path) -> Settings:
         ) from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{display}: cannot read config: {exc}"]) from exc
-    try:
-        node = yaml.compose(text, Loader=_LOADER)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{display}:{mark.line + 1}" if mark else display
-        raise ConfigError([f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}"]) from exc
-    except RecursionError as exc:
-        raise ConfigError([f"{display}: invalid YAML: nested too deeply"]) from exc
-    if node is None:
-        raise ConfigError([f"{display}:1: the file is empty; it needs at least `sources:`"])
     lines: dict[Path_, int] = {}
     problems: list[tuple[Path_, str]] = []
+    plain = True
     try:
-        data = _Reader(text, lines, problems).read(node, ())
+        data = _plain_read(text, None)
+        node: yaml.Node | None = None
+        if data is None:
+            raise ConfigError([f"{display}:1: the file is empty; it needs at least `sources:`"])
+    except (_UnusualYamlError, yaml.YAMLError):
+        plain = False
+        try:
+            node = yaml.compose(text, Loader=_Loader)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{display}:{mark.line + 1}" if mark else display
+            raise ConfigError([f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}"]) from exc
+        except RecursionError as exc:
+            raise ConfigError([f"{display}: invalid YAML: nested too deeply"]) from exc
+        if node is None:
+            raise ConfigError([f"{display}:1: the file is empty; it needs at least `sources:`"]) from None
+        data = None
+    try:
+        if node is not None:
+            data = _Reader(text, lines, problems).read(node, ())
     except _TooLargeError as exc:
         line = _line(exc.path, lines)
         raise ConfigError(
@@ -300,8 +446,10 @@ def load_settings(path: Path) -> Settings:
             loc = tuple(error["loc"])
             message = _message(error)
             problems.append((loc, message))
-    problems.extend(_check(data, path.parent))
+    problems.extend(_check(data, path.parent, clean="\\" not in text and xml_safe(text) == text))
     if problems:
+        if plain:
+            _plain_read(text, lines)  # read again, this time for the lines the messages name
         unique = dict.fromkeys(f"{display}:{_line(loc, lines)}: {_dotted(loc)}: {msg}" for loc, msg in problems)
         ordered = sorted(unique, key=lambda p: int(p[len(display) + 1 :].split(":", 1)[0]))
         raise ConfigError(ordered)
@@ -342,8 +490,10 @@ def _maybe_duration(value: Any, fallback: timedelta) -> timedelta | None:
         return None  # pydantic reports it
 
 
-def _check(data: dict[str, Any], base: Path) -> list[tuple[Path_, str]]:
-    """Checks across fields, on the raw data so they run even when some values have the wrong type."""
+def _check(data: dict[str, Any], base: Path, *, clean: bool = False) -> list[tuple[Path_, str]]:
+    """Checks across fields, on the raw data so they run even when some values have the wrong type.
+    `clean`: the file's text holds no control character and no backslash (so no YAML escape), so
+    no value can: the walk over every string is skipped."""
     problems: list[tuple[Path_, str]] = []
     raw_defaults = data.get("defaults")
     defaults = raw_defaults if isinstance(raw_defaults, dict) else {}
@@ -397,19 +547,17 @@ def _check(data: dict[str, Any], base: Path) -> list[tuple[Path_, str]]:
                 problems.append((("outputs", i, "include", "tags", j), f"no source has the tag {tag!r}"))
         problems.extend(_check_rules(out, i))
     base_url = data.get("base_url", "http://localhost:8080/")
-    if isinstance(base_url, str):
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            problems.append((("base_url",), f"must be an absolute http(s) URL, got {base_url!r}"))
+    if isinstance(base_url, str) and not _web(base_url):
+        problems.append((("base_url",), f"must be an absolute http(s) URL, got {base_url!r}"))
     websub: dict[str, Any] = data["websub"] if isinstance(data.get("websub"), dict) else {}
     for key in ("hub", "public_url"):
         value = websub.get(key)
-        if isinstance(value, str) and (urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).hostname):
+        if isinstance(value, str) and not _web(value):
             problems.append((("websub", key), f"must be an absolute http(s) URL, got {value!r}"))
     for i, src in enumerate(sources or []):
         if isinstance(src, dict) and src.get("websub") is True and not websub.get("public_url"):
             problems.append((("sources", i, "websub"), "needs websub.public_url: the URL where hubs can reach this server"))
-    problems.extend(_control_characters(data, ()))
+    problems.extend(_control_characters(data, ()) if not clean else [])
     storage = data.get("storage", "sqlite:///feeds.db")
     if isinstance(storage, str) and not re.match(r"^[a-z][a-z0-9+]*://", storage):
         problems.append((("storage",), f"must be a URL such as sqlite:///feeds.db, got {storage!r}"))
@@ -459,12 +607,16 @@ def _control_characters(value: Any, path: Path_) -> list[tuple[Path_, str]]:
 
 
 def _check_url(url: str, base: Path) -> str | None:
-    parts = urlsplit(url)
+    if _PLAIN_WEB.fullmatch(url):
+        return None
+    parts = _split(url)
+    if parts is None:
+        return f"not a valid URL: {url!r}"
     if parts.scheme in ("http", "https"):
         return None if parts.hostname else f"not a valid URL: {url!r}"
     if len(parts.scheme) > 1 and parts.scheme != "file":  # one letter: a Windows drive
         return f"unsupported scheme {parts.scheme!r}: use http(s) or a file path"
-    local = Path(urlsplit(_resolve_url(url, base)).path)
+    local = Path(urlsplit(_resolve_url(url, base)).path)  # a file path: nothing urlsplit rejects
     return None if local.is_file() else f"no such file: {local}"
 
 

@@ -14,6 +14,10 @@ python scripts/bench.py publish [--sizes 10000,100000,1000000]
     Time to select the newest 100 entries of an output (what every publish does) from stores of
     N stories in N/2 clusters across 50 sources, for an output of every source and one of 5.
 
+python scripts/bench.py due [--sizes 1000,100000]
+    Loading a config of N sources (the load, and the whole `feeds check` command), and a daemon
+    tick's due selection among them. Targets at 100,000: `feeds check` < 5 s, due selection < 50 ms.
+
 python scripts/bench.py hostile
     Peak memory (RSS) of polling the largest hostile sources: a 200 MB gzip bomb, a huge body,
     billion laughs. Each runs in a fresh process so the peaks do not mix.
@@ -571,7 +575,9 @@ def verify(work: Path, corpus: Corpus, storage: str) -> None:
 
 
 def bench_due(sizes: list[int]) -> None:
-    """A daemon tick's due selection with N configured sources, 1% of them due."""
+    """Loading a config of N sources (in block style, each with a name, URL and two tags): the
+    load alone, and the whole `feeds check` command as cron's `feeds poll` pays it; then a daemon
+    tick's due selection with 1% of them due."""
     from feeds.config import load_settings
     from feeds.models import SourceState
     from feeds.poll import due_sources
@@ -581,9 +587,23 @@ def bench_due(sizes: list[int]) -> None:
             config = Path(tmp) / "feeds.yaml"
             config.write_text(
                 "storage: sqlite:///feeds.db\nsources:\n"
-                + "".join(f"  - {{name: s{i}, url: 'https://h{i % 500}.example/{i}'}}\n" for i in range(size))
+                + "".join(
+                    f"  - name: source-{i}\n    url: https://host{i % 500}.example/feed/{i}.xml\n    tags: [news, t{i % 7}]\n"
+                    for i in range(size)
+                )
             )
-            settings = load_settings(config)
+            loads, checks = [], []
+            for _ in range(3):
+                started = time.perf_counter()
+                settings = load_settings(config)
+                loads.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "feeds", "check", "-q", "-c", str(config)], cwd=ROOT, check=True)
+                checks.append(time.perf_counter() - started)
+            print(
+                f"config of {size} sources: load {statistics.median(loads):.2f} s, "
+                f"`feeds check` {statistics.median(checks):.2f} s (medians of 3)"
+            )
             store = SQLiteStore(Path(tmp) / "feeds.db")
             states = [
                 SourceState(

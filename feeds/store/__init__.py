@@ -146,19 +146,17 @@ def state_to_json(state: SourceState) -> str:
 
 def state_from_json(text: str) -> SourceState:
     """The inverse of state_to_json; unknown keys (from a newer version) are ignored."""
-    data = json.loads(text)
-    known = {f.name for f in fields(SourceState)}
     values: dict[str, Any] = {}
-    for key, raw in data.items():
-        if key not in known:
+    for key, raw in json.loads(text).items():
+        if key not in _STATE_FIELDS:
             continue
-        value = raw
-        if isinstance(raw, dict) and "t" in raw:
-            value = datetime.fromtimestamp(raw["t"], UTC)
-        elif isinstance(raw, dict) and "s" in raw:
-            value = timedelta(seconds=raw["s"])
-        values[key] = value
+        if type(raw) is dict:
+            raw = datetime.fromtimestamp(raw["t"], UTC) if "t" in raw else timedelta(seconds=raw["s"]) if "s" in raw else raw
+        values[key] = raw
     return SourceState(**values)
+
+
+_STATE_FIELDS = frozenset(f.name for f in fields(SourceState))  # a tick decodes every due state: fields() once
 
 
 def people_to_json(authors: Sequence[Author]) -> str:
