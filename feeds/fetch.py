@@ -44,7 +44,7 @@ from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConn
 
 from feeds import USER_AGENT
 from feeds.models import FetchResult, FetchSettings, SourceState
-from feeds.untrusted import MAX_HEADER, strip_userinfo, web_url
+from feeds.untrusted import MAX_HEADER, host_of, strip_userinfo, web_url
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +307,7 @@ class Fetcher:
             return response.status_code
 
     def _host_slot(self, url: str) -> threading.BoundedSemaphore:
-        host = (urlsplit(url).hostname or "").lower()
+        host = host_of(url) or ""
         with self._hosts_lock:
             if host not in self._hosts:
                 self._hosts[host] = threading.BoundedSemaphore(self.settings.per_host)

@@ -93,7 +93,10 @@ def _claim(
     sync_sources(settings, store)
     configured = _index(settings).by_name
     plan = []
-    claimed = store.due(now, force=force, limit=limit, names=names)
+    # Workers sharing a store take whole hosts, as many as this one's fetch window keeps busy at
+    # its per-host limit, and leave the other hosts to the other workers.
+    hosts = -(-settings.fetch.workers // max(settings.fetch.per_host, 1))
+    claimed = store.due(now, force=force, limit=limit, names=names, hosts=hosts)
     for stored in claimed:
         order, source = configured.get(stored.name, (0, None))
         if source is None or (names and source.name not in names):

@@ -64,6 +64,15 @@ def strip_userinfo(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
+def host_of(url: str) -> str | None:
+    """The lowercase host name of a URL, the key of per-host politeness; None without one."""
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return None
+    return host.rstrip(".") if host else None
+
+
 def web_url(value: object, *, base: str | None = None) -> str | None:
     """A URL from outside, made absolute against `base`, if it is http(s) with a host: capped,
     XML-safe, without userinfo. javascript:, data:, file: and anything unparsable give None."""

@@ -7,7 +7,10 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import ROOT, FeedServer, rss, run_feeds, story_item, write_config
 from tests.test_dedupe import BODY
@@ -26,12 +29,24 @@ def feeds(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str
     )
 
 
-def test_three_workers_poll_every_source_exactly_once(tmp_path: Path, server: FeedServer, postgresql: str) -> None:
+@pytest.fixture
+def hosts() -> Iterator[list[FeedServer]]:
+    """Three feed servers on three loopback addresses: three hosts, as politeness sees them."""
+    servers = [FeedServer(f"127.0.0.{n}") for n in (2, 3, 4)]
+    yield servers
+    for server in servers:
+        server.close()
+
+
+def test_three_workers_poll_every_source_exactly_once(tmp_path: Path, hosts: list[FeedServer], postgresql: str) -> None:
     sources = []
     for i in range(SOURCES):
+        server = hosts[i % len(hosts)]
         url = server.serve(f"/s{i}", rss(*(story_item(1000 * i + n) for n in range(3)), title=f"Outlet {i}"), delay=0.01)
         sources.append({"name": f"s{i}", "url": url})
-    config = write_config(tmp_path, sources, storage="sqlite:///unused.db", outputs="outputs:\n  - {name: all, title: All}")
+    # Each worker takes one host at a time (a fetch window of 2 at 2 per host), so three share three hosts.
+    extra = "fetch: {workers: 2, per_host: 2}"
+    config = write_config(tmp_path, sources, storage="sqlite:///unused.db", extra=extra, outputs="outputs:\n  - {name: all, title: All}")
     # The DSN comes from the environment, as a deployment keeps its secrets out of the YAML.
     workers = [feeds("poll", "--json", "-c", str(config), env={"FEEDS_STORAGE": postgresql}) for _ in range(3)]
     results = [w.communicate(timeout=300) for w in workers]
@@ -40,7 +55,7 @@ def test_three_workers_poll_every_source_exactly_once(tmp_path: Path, server: Fe
     names = [o["source"] for outcomes in polled for o in outcomes]
     assert sorted(names) == sorted(s["name"] for s in sources)  # each source polled by exactly one worker
     assert sum(1 for outcomes in polled if outcomes) >= 2  # the work was shared, not taken by one
-    hits = {f"/s{i}": len(server.hits_for(f"/s{i}")) for i in range(SOURCES)}
+    hits = {f"/s{i}": len(hosts[i % len(hosts)].hits_for(f"/s{i}")) for i in range(SOURCES)}
     assert set(hits.values()) == {1}  # fetched exactly once in the cycle
     assert not (tmp_path / "unused.db").exists()
     counted = subprocess.run(
@@ -49,6 +64,26 @@ def test_three_workers_poll_every_source_exactly_once(tmp_path: Path, server: Fe
         cwd=ROOT, capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert int(counted.stdout) == 3 * SOURCES  # no story lost, none stored twice
+
+
+def test_per_host_politeness_holds_across_workers(tmp_path: Path, hosts: list[FeedServer], postgresql: str) -> None:
+    sources = []
+    for h, server in enumerate(hosts):
+        for i in range(6):
+            sources.append({"name": f"h{h}s{i}", "url": server.serve(f"/s{i}", rss(story_item(100 * h + i)), delay=0.3)})
+    extra = "fetch: {per_host: 1, workers: 2}"  # each worker: two hosts at a time, one request each
+    config = write_config(tmp_path, sources, storage="sqlite:///unused.db", extra=extra, outputs="outputs:\n  - {name: all, title: All}")
+    workers = [feeds("poll", "--json", "-c", str(config), env={"FEEDS_STORAGE": postgresql}) for _ in range(3)]
+    results = [w.communicate(timeout=300) for w in workers]
+    assert all(w.returncode == 0 for w in workers), [err[-2000:] for _, err in results]
+    polled = [{o["source"] for o in json.loads(out)["sources"]} for out, _ in results]
+    assert sorted(n for names in polled for n in names) == sorted(s["name"] for s in sources)
+    assert sum(1 for names in polled if names) >= 2  # shared
+    for server in hosts:
+        assert max(server.max_active.values()) == 1  # never two requests at once to one host, across three workers
+        assert all(len(server.hits_for(f"/s{i}")) == 1 for i in range(6))
+    for names in polled:  # each host was polled by one worker alone
+        assert all({n[:2] for n in names}.isdisjoint({n[:2] for n in other}) for other in polled if other is not names)
 
 
 def test_migrate_moves_an_installation_and_readers_see_no_change(tmp_path: Path, server: FeedServer, postgresql: str) -> None:

@@ -126,6 +126,28 @@ def test_backend_errors_leave_as_store_errors(storage: str, tmp_path: Path) -> N
 # -- PostgreSQL: workers sharing one database ---------------------------------------------------
 
 
+def test_a_host_is_polled_by_one_worker_at_a_time(postgresql: str) -> None:
+    first, second = open_store(postgresql, base=Path()), open_store(postgresql, base=Path())
+    on = {
+        host: [state(f"{host}{i}", url=f"https://{host}.example/{i}", next_poll=NOW - timedelta(hours=hours)) for i in range(3)]
+        for host, hours in (("a", 3), ("b", 2), ("c", 1))
+    }
+    first.save_states([s for states in on.values() for s in states])
+    mine = {s.name for s in first.due(NOW, hosts=1)}
+    assert mine == {"a0", "a1", "a2"}  # one whole host: the one due first
+    theirs = {s.name for s in second.due(NOW, limit=2, hosts=2)}
+    assert len(theirs) == 2 and not theirs & mine  # other hosts only
+    taken = {n[0] for n in theirs}
+    first.save_state(replace(on["a"][0], last_poll=NOW, next_poll=NOW + timedelta(hours=1)))  # polled: its claim ends
+    again = {s.name for s in first.due(NOW, hosts=3)}
+    assert not {n[0] for n in again} & taken  # never a host the other worker is polling, even while first holds none of it
+    assert {s.name for s in second.due(NOW, hosts=3)} == {f"{h}{i}" for h in taken for i in range(3)} - theirs  # its own host: yes
+    second.release()
+    assert {s.name[0] for s in first.due(NOW, hosts=3)} <= taken  # released: the host is free for anyone
+    first.close()
+    second.close()
+
+
 def test_workers_claim_disjoint_sources_and_leases_end(postgresql: str) -> None:
     first, second = open_store(postgresql, base=Path()), open_store(postgresql, base=Path())
     first.save_states([state(f"s{i}") for i in range(5)])

@@ -38,6 +38,7 @@ from feeds.store import state_from_json, to_epoch
 from feeds.store.sql import MIGRATIONS, Row, SQLStore, statements
 
 MIGRATE_LOCK = 0x66656564_0001  # advisory lock keys: "feed" and a number
+CLAIM_LOCK = 0x66656564_0003
 ASSIGN_LOCK = 0x66656564_0002
 LEASE = timedelta(minutes=10)  # a claimed source is its claimer's this long, unless released
 POOL_SIZE = 4
@@ -197,27 +198,49 @@ class PostgresStore(SQLStore):
 
     # -- leases -------------------------------------------------------------------------------
 
-    def due(self, now: datetime, *, force: bool = False, limit: int | None = None, names: Collection[str] = ()) -> list[SourceState]:
+    def due(
+        self, now: datetime, *, force: bool = False, limit: int | None = None, names: Collection[str] = (), hosts: int | None = None
+    ) -> list[SourceState]:
         """Claim up to `limit` sources due at `now` (of `names` only, if given) that no other
         worker holds, never one inside a Retry-After window; they stay this worker's until they
         are saved polled, `release`, or the end of the lease. With `force`, every source not gone
-        and not polled (by any worker) since this worker's cycle began is due."""
+        and not polled (by any worker) since this worker's cycle began is due.
+
+        Per-host politeness across workers: a source whose host another worker holds a live claim
+        on is left alone, so one host is polled by one worker at a time and `fetch.per_host` holds
+        for the whole cluster. A claim takes sources of at most `hosts` hosts (those it holds
+        first), leaving the other hosts to the other workers. Claims are serialized (an advisory
+        lock), so two workers never take one host at the same moment. A claim looks at the
+        earliest 4 x `limit` due sources only; those on hosts others hold are theirs to take."""
         at = to_epoch(now)
         assert at is not None
         if self._cycle_started is None:
             self._cycle_started = time.time()
         only = sorted(names)
-        query = (
-            "UPDATE sources SET claimed_by = ?, lease_until = ? WHERE name IN ("
-            "SELECT name FROM sources WHERE status != 'gone' "
+        window = limit * 4 if limit else None  # due sources considered per claim: a claim costs the same at any size
+        chosen = (
+            "WITH candidates AS (SELECT name, host, next_poll FROM sources WHERE status != 'gone' "
             "AND ((? AND (polled_at IS NULL OR polled_at < ?)) OR next_poll IS NULL OR next_poll <= ?) "
             "AND (retry_after IS NULL OR retry_after <= ?) AND (lease_until IS NULL OR lease_until < ?) "
             + (f"AND name IN ({', '.join('?' * len(only))}) " if only else "")
-            + "ORDER BY next_poll NULLS FIRST LIMIT ? FOR UPDATE SKIP LOCKED) RETURNING state"
+            + "ORDER BY next_poll NULLS FIRST LIMIT ?), "
+            "free AS (SELECT * FROM candidates c WHERE host IS NULL OR NOT EXISTS "
+            "(SELECT 1 FROM sources o WHERE o.host = c.host AND o.claimed_by != ? AND o.lease_until >= ?)), "
+            "hosts AS (SELECT host FROM free WHERE host IS NOT NULL GROUP BY host "
+            "ORDER BY host IN (SELECT host FROM sources WHERE claimed_by = ? AND lease_until >= ?) DESC, "
+            "MIN(next_poll) NULLS FIRST LIMIT ?) "
+            "UPDATE sources SET claimed_by = ?, lease_until = ? WHERE name IN ("
+            "SELECT name FROM sources WHERE name IN (SELECT name FROM free WHERE host IS NULL OR host IN (SELECT host FROM hosts)) "
+            "ORDER BY next_poll NULLS FIRST LIMIT ? FOR UPDATE SKIP LOCKED) RETURNING state"
         )
-        parameters = (self.worker, at + self.lease.total_seconds(), force, self._cycle_started, at, at, at, *only, limit)
+        parameters = (
+            *(force, self._cycle_started, at, at, at, *only, window),
+            *(self.worker, at, self.worker, at, hosts),
+            *(self.worker, at + self.lease.total_seconds(), limit),
+        )
         with self._write() as db:
-            rows = db.execute(query, parameters).fetchall()
+            db.execute("SELECT pg_advisory_xact_lock(?)", (CLAIM_LOCK,))
+            rows = db.execute(chosen, parameters).fetchall()
         return [state_from_json(r[0]) for r in rows]
 
     def release(self) -> None:

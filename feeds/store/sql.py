@@ -50,6 +50,7 @@ from feeds.store import (
     state_to_json,
     to_epoch,
 )
+from feeds.untrusted import host_of
 
 CHUNK = 5000  # values bound in one IN (...) list (SQLite allows 32,766, PostgreSQL 65,535)
 
@@ -183,6 +184,14 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (output, cluster_id)
     );
     """,
+    # 8: per-host politeness across workers (PostgreSQL): each source's host, so a claim can
+    # leave alone the hosts other workers are polling. Filled as states are saved (and at once on
+    # PostgreSQL); a source without one is claimed as before.
+    """
+    ALTER TABLE sources ADD COLUMN host TEXT;
+    UPDATE sources SET host = NULL WHERE host IS NOT NULL;
+    CREATE INDEX sources_claimed_host ON sources(host) WHERE claimed_by IS NOT NULL
+    """,
 )
 
 
@@ -192,6 +201,10 @@ _POSTGRES_TYPES = (
     (re.compile(r"\bINTEGER\b"), "BIGINT"),
 )
 _POSTGRES_STATEMENTS = {
+    # SQLite fills hosts as states are saved (one poller needs none); PostgreSQL at once
+    "UPDATE sources SET host = NULL WHERE host IS NOT NULL": (
+        "UPDATE sources SET host = lower(substring(state::json ->> 'url' from '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?([^/?#:]+)'))"
+    ),
     # json_extract is SQLite's; on PostgreSQL the table is new and empty when this runs, but the
     # statement must still parse
     "UPDATE sources SET retry_after = json_extract": (
@@ -243,9 +256,9 @@ def _unpack(blob: bytes | None) -> tuple[int, ...]:
 # the saving machine's clock (`polled_at`: a forced cycle of a shared store skips sources polled
 # since it began); saving a state never polled leaves any claim as it is.
 _SAVE_STATE = (
-    "INSERT INTO sources (name, status, next_poll, retry_after, configured_url, state, polled_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "INSERT INTO sources (name, status, next_poll, retry_after, configured_url, state, polled_at, host) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (name) DO UPDATE SET status = excluded.status, next_poll = excluded.next_poll, "
-    "retry_after = excluded.retry_after, configured_url = excluded.configured_url, state = excluded.state, "
+    "retry_after = excluded.retry_after, configured_url = excluded.configured_url, state = excluded.state, host = excluded.host, "
     "claimed_by = CASE WHEN excluded.polled_at IS NULL THEN sources.claimed_by END, "
     "lease_until = CASE WHEN excluded.polled_at IS NULL THEN sources.lease_until END, "
     "polled_at = COALESCE(excluded.polled_at, sources.polled_at)"
@@ -254,7 +267,7 @@ _SAVE_STATE = (
 # same URL keeps its state (another worker may have polled it since this one read the config).
 _ADD_STATE = _SAVE_STATE.split(" ON CONFLICT", maxsplit=1)[0] + (
     " ON CONFLICT (name) DO UPDATE SET status = excluded.status, next_poll = excluded.next_poll, "
-    "retry_after = excluded.retry_after, configured_url = excluded.configured_url, state = excluded.state "
+    "retry_after = excluded.retry_after, configured_url = excluded.configured_url, state = excluded.state, host = excluded.host "
     "WHERE sources.configured_url IS NULL OR sources.configured_url != excluded.configured_url"
 )
 
@@ -268,6 +281,7 @@ def _state_row(state: SourceState) -> tuple[object, ...]:
         state.configured_url,
         state_to_json(state),
         None if state.last_poll is None else time.time(),
+        host_of(state.url),
     )
 
 
@@ -744,7 +758,7 @@ class _Transactions:
 # not copied: they belong to the workers of the old store.
 TABLES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("meta", ("key", "value"), ("key",)),
-    ("sources", ("name", "status", "next_poll", "retry_after", "configured_url", "state"), ("name",)),
+    ("sources", ("name", "status", "next_poll", "retry_after", "configured_url", "state", "host"), ("name",)),
     ("clusters", ("id", "kind", "atom_id", "lead", "created", "first_time"), ("id",)),
     ("stories", STORY_COLUMNS, ("seq",)),
     ("guids", ("source", "guid", "story_id"), ("source", "guid")),

@@ -148,10 +148,12 @@ class SQLiteStore(SQLStore):
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: cannot shrink the database: {exc}") from exc
 
-    def due(self, now: datetime, *, force: bool = False, limit: int | None = None, names: Collection[str] = ()) -> list[SourceState]:
+    def due(
+        self, now: datetime, *, force: bool = False, limit: int | None = None, names: Collection[str] = (), hosts: int | None = None
+    ) -> list[SourceState]:
         """The stored states due at `now` (of `names` only, if given; all but gone ones with
         `force`), never one inside a Retry-After window: one indexed query, whatever the number
-        of sources."""
+        of sources. (`hosts` is for shared stores: one poller keeps its own per-host limits.)"""
         at = to_epoch(now)
         only = sorted(names)
         query = (
