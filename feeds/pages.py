@@ -22,7 +22,7 @@ from xml.sax.saxutils import quoteattr
 from feeds.models import SourceView
 from feeds.normalize import sanitize_html
 from feeds.timeutil import ago, parse_rfc3339
-from feeds.untrusted import web_url
+from feeds.untrusted import web_url, xml_safe
 
 PAGE_SIZE = 20  # stories on one page of the river: a few phone screens of excerpts
 ALSO_SHOWN = 3  # other outlets named on the river; the story page lists them all
@@ -47,9 +47,9 @@ class Filters:
         """From a request's query parameters; anything odd reads as no filter, page 1."""
         page = params.get("page", "")
         return cls(
-            q=" ".join(params.get("q", "")[:MAX_QUERY].split()),
-            source=params.get("source", "")[:100].strip(),
-            tag=params.get("tag", "")[:100].strip(),
+            q=" ".join(xml_safe(params.get("q", "")[:MAX_QUERY]).split()),
+            source=xml_safe(params.get("source", "")[:100]).strip(),
+            tag=xml_safe(params.get("tag", "")[:100]).strip(),
             page=min(int(page), MAX_PAGE) if page.isascii() and page.isdigit() and int(page[:6]) >= 1 else 1,
         )
 
@@ -64,7 +64,7 @@ class Filters:
         pairs = [(k, v) for k, v in (("q", target.q), ("source", target.source), ("tag", target.tag)) if v]
         if target.page > 1:
             pairs.append(("page", str(target.page)))
-        return "?" + urlencode(pairs) if pairs else ""
+        return "?" + urlencode(pairs, errors="replace") if pairs else ""  # a lone surrogate cannot be encoded
 
     def matches(self, item: Mapping[str, Any]) -> bool:
         """Whether a JSON Feed item passes: every word searched starts a word of its title (any
@@ -203,7 +203,11 @@ def river_item_html(item: Mapping[str, Any], *, now: datetime) -> str:
     )
     if len(others) > ALSO_SHOWN:
         also += f' and <a href="story/{number}">{len(others) - ALSO_SHOWN} more</a>'
-    tags = "".join(f'<a href="?{urlencode({"tag": t})}">{html.escape(t)}</a> ' for t in (item.get("tags") or []) if isinstance(t, str))
+    tags = "".join(
+        f'<a href="?{urlencode({"tag": t}, errors="replace")}">{html.escape(t)}</a> '
+        for t in (item.get("tags") or [])
+        if isinstance(t, str)
+    )
     return (
         f'<article class="story" id="story-{number}" data-seq="{number}">'
         f"<h2>{_link(item.get('url'), title)}</h2>"

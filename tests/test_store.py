@@ -43,7 +43,7 @@ def test_version_1_database_migrates_without_losing_anything(tmp_path: Path) -> 
     path = tmp_path / "feeds.db"
     version_1_database(path)
     store = SQLiteStore(path)
-    assert store.schema_version == len(MIGRATIONS) == 7
+    assert store.schema_version == len(MIGRATIONS) == 8
     near = store.clusters(["a", "b"], exact=False, limit=10)
     assert [c.atom_id for c in near] == ["urn:feeds:3", "urn:feeds:1"]  # newest first reported first
     assert [s.id for s in near[0].members] == ["new", "new-copy"]
@@ -56,7 +56,7 @@ def test_version_1_database_migrates_without_losing_anything(tmp_path: Path) -> 
     assert store.event_links(["old", "new", "new-copy"]) == []
     assert store._db.execute("SELECT COUNT(*) FROM stories WHERE facts IS NOT NULL").fetchone()[0] == 0
     store.close()
-    assert SQLiteStore(path).schema_version == 7  # reopening runs nothing twice
+    assert SQLiteStore(path).schema_version == 8  # reopening runs nothing twice
 
 
 def test_newer_and_corrupt_databases_are_refused_with_the_path(tmp_path: Path) -> None:

@@ -126,6 +126,27 @@ def test_backend_errors_leave_as_store_errors(storage: str, tmp_path: Path) -> N
 # -- PostgreSQL: workers sharing one database ---------------------------------------------------
 
 
+def test_a_populated_version_7_database_gets_its_hosts_on_upgrade(postgresql: str) -> None:
+    import psycopg
+
+    from feeds.store import state_to_json
+    from feeds.store.sql import statements
+
+    with psycopg.connect(postgresql, autocommit=True) as db:
+        for number in range(1, 8):
+            for statement in statements(number, "postgresql"):
+                db.execute(statement)
+        db.execute("CREATE TABLE feeds_schema (version INTEGER NOT NULL)")
+        db.execute("INSERT INTO feeds_schema VALUES (7)")
+        for name, url in (("a", "https://user:pw@News.Example:8443/feed?x=1"), ("f", "file:///srv/feed.xml")):
+            db.execute("INSERT INTO sources (name, status, state) VALUES (%s, 'ok', %s)", (name, state_to_json(state(name, url=url))))
+    store = open_store(postgresql, base=Path())
+    assert store.schema_version == 8
+    assert dict(store._read("SELECT name, host FROM sources ORDER BY name", ())) == {"a": "news.example", "f": None}
+    assert {s.name for s in store.states().values()} == {"a", "f"}  # nothing lost
+    store.close()
+
+
 def test_a_host_is_polled_by_one_worker_at_a_time(postgresql: str) -> None:
     first, second = open_store(postgresql, base=Path()), open_store(postgresql, base=Path())
     on = {
