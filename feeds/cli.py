@@ -338,7 +338,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int
                 signal.signal(sig, handler)
             fetcher.close()
             runner.close()
-        _print_outcomes(outcomes, written, as_json=args.json, quiet=args.quiet)
+        _print_outcomes(outcomes, written, as_json=args.json, quiet=args.quiet, statements=getattr(store, "statements", None))
         return FAILED if any(o.status in ("failed", "gone") for o in outcomes) else OK
     if args.verb == "publish":
         written = publish_all(settings, store, now=utc_now())
@@ -714,9 +714,12 @@ def _progress_bar(what: str, *, enabled: bool) -> Iterator[Callable[[int, int | 
                 handler.setStream(sys.__stderr__ if sys.__stderr__ is not None else sys.stderr)
 
 
-def _print_outcomes(outcomes: list[PollOutcome], written: list[str], *, as_json: bool, quiet: bool = False) -> None:
+def _print_outcomes(
+    outcomes: list[PollOutcome], written: list[str], *, as_json: bool, quiet: bool = False, statements: int | None = None
+) -> None:
     if as_json:
-        print(json.dumps({"sources": [_outcome_json(o) for o in outcomes], "written": written}, indent=2))
+        counted = {"statements": statements} if statements is not None else {}  # PostgreSQL: sent to the database
+        print(json.dumps({"sources": [_outcome_json(o) for o in outcomes], "written": written, **counted}, indent=2))
         return
     if quiet:  # cron mails what is printed: only what went wrong, on stderr
         for o in sorted(outcomes, key=lambda o: o.source):

@@ -26,6 +26,7 @@ python scripts/bench.py hostile
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import html
 import json
@@ -389,21 +390,26 @@ def tree_rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def run_measured(command: list[str], *, cwd: Path, copies: int = 1, env: dict[str, str] | None = None) -> tuple[float, float, str]:
-    """(wall seconds, peak memory (PSS) of the process trees in MB, stderr) of `copies` of one
-    command run side by side (worker processes sharing a store)."""
+def run_measured(
+    command: list[str], *, cwd: Path, copies: int = 1, env: dict[str, str] | None = None
+) -> tuple[float, float, str, list[str]]:
+    """(wall seconds, peak memory (PSS) of the process trees in MB, stderr, each copy's stdout) of
+    `copies` of one command run side by side (worker processes sharing a store)."""
     started = time.perf_counter()
     environment = {**os.environ, **(env or {})}
-    processes = [
-        subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=environment)
-        for _ in range(copies)
-    ]
-    peak = 0.0
-    while any(p.poll() is None for p in processes):
-        peak = max(peak, sum(tree_rss_mb(p.pid) for p in processes if p.poll() is None))
-        time.sleep(0.05)
-    stderr = "".join(p.communicate()[1] for p in processes)
-    return time.perf_counter() - started, peak, stderr
+    with contextlib.ExitStack() as files:
+        outputs = [files.enter_context(tempfile.TemporaryFile(mode="w+")) for _ in range(copies)]
+        processes = [subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.PIPE, text=True, env=environment) for out in outputs]
+        peak = 0.0
+        while any(p.poll() is None for p in processes):
+            peak = max(peak, sum(tree_rss_mb(p.pid) for p in processes if p.poll() is None))
+            time.sleep(0.05)
+        stderr = "".join(p.communicate()[1] for p in processes)
+        stdouts = []
+        for out in outputs:
+            out.seek(0)
+            stdouts.append(out.read())
+    return time.perf_counter() - started, peak, stderr, stdouts
 
 
 def query(storage: str, work: Path, sql: str) -> Any:
@@ -472,6 +478,7 @@ def bench_cycle(
     server = CorpusServer(corpus, hosts=hosts, latency=latency_ms / 1000)
     rows: dict[str, dict[str, list[float]]] = {}
     sizes: dict[str, float] = {}
+    statements: float | None = None
     try:
         for attempt in range(repeat):
             work = Path(tempfile.mkdtemp(prefix="feeds-bench-"))
@@ -498,8 +505,8 @@ def bench_cycle(
                     for i in range(0, sources, 10):
                         corpus.version[i] += 1
                 server.hits = 0
-                seconds, peak, stderr = run_measured(
-                    [sys.executable, "-m", "feeds", "poll", "--force", "-q", "-c", str(config)], cwd=ROOT, copies=workers
+                seconds, peak, stderr, stdouts = run_measured(
+                    [sys.executable, "-m", "feeds", "poll", "--force", "--json", "-c", str(config)], cwd=ROOT, copies=workers
                 )
                 if "Traceback" in stderr:
                     raise SystemExit(f"feeds failed during {label!r}:\n{stderr[-3000:]}")
@@ -510,7 +517,7 @@ def bench_cycle(
                 row.setdefault("feeds_mb", []).append(peak)
                 if with_reader:
                     server.hits = 0
-                    r_seconds, r_peak, r_err = run_measured(
+                    r_seconds, r_peak, r_err, _ = run_measured(
                         [sys.executable, "-c", READER_CHILD, str(work / "reader.db"), urls, "8"], cwd=ROOT
                     )
                     if "Traceback" in r_err:
@@ -525,6 +532,9 @@ def bench_cycle(
                     verify(work, corpus, url)
                     stored = query(url, work, "SELECT COUNT(*) FROM stories")
                     sizes["feeds"] = store_bytes(url, work) / max(stored, 1) / 1024
+                    sent = [json.loads(out).get("statements") for out in stdouts if out.strip()]
+                    if sent and all(n is not None for n in sent):  # PostgreSQL counts what each worker sent
+                        statements = sum(sent) / max(stored, 1)
                     if with_reader:
                         sizes["reader"] = (work / "reader.db").stat().st_size / max(stored, 1) / 1024
             shutil.rmtree(work, ignore_errors=True)
@@ -552,6 +562,8 @@ def bench_cycle(
             )
         print(line)
     print("store size per story: " + ", ".join(f"{name} {kb:.1f} KB" for name, kb in sizes.items()))
+    if statements is not None:
+        print(f"statements sent to the database per stored story (first cycle, all workers): {statements:.2f}")
 
 
 def verify(work: Path, corpus: Corpus, storage: str) -> None:

@@ -74,23 +74,28 @@ def _sql(statement: str) -> str:
 
 
 class _Connection:
-    """A psycopg connection as the shared code's Connection."""
+    """A psycopg connection as the shared code's Connection; counts the statements it sends
+    (an `executemany` is one: psycopg pipelines its rows)."""
 
-    def __init__(self, connection: psycopg.Connection[Any]) -> None:
+    def __init__(self, connection: psycopg.Connection[Any], store: PostgresStore) -> None:
         self.connection = connection
+        self.store = store
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any:
+        self.store.statements += 1
         return self.connection.execute(_sql(sql), parameters)
 
     def executemany(self, sql: str, seq_of_parameters: Iterable[Sequence[Any]], /) -> Any:
         rows = list(seq_of_parameters)
         cursor = self.connection.cursor()
         if rows:
+            self.store.statements += 1
             cursor.executemany(_sql(sql), rows)
         return cursor
 
     def copy_rows(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
         """Rows into a table with COPY: one stream, no statement per row."""
+        self.store.statements += 1
         with self.connection.cursor() as cursor, cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
@@ -115,6 +120,7 @@ class PostgresStore(SQLStore):
         self.url, self.name, self.lease = url, redacted(url), lease
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._cycle_started: float | None = None  # when this worker's poll cycle first claimed (its clock)
+        self.statements = 0  # sent to the database by this process (the benchmark's statements per story)
         try:
             self._pool: ConnectionPool[Any] = ConnectionPool(
                 url.replace("postgres://", "postgresql://", 1),
@@ -179,6 +185,7 @@ class PostgresStore(SQLStore):
     def _read(self, sql: str, parameters: Sequence[Any] = ()) -> list[Row]:
         try:
             with self._pool.connection() as connection:
+                self.statements += 1
                 rows: list[Row] = connection.execute(_sql(sql), parameters).fetchall()
                 return rows
         except (psycopg.Error, PoolTimeout) as exc:
@@ -192,7 +199,7 @@ class PostgresStore(SQLStore):
             with self._pool.connection() as connection, connection.transaction():
                 if assign:
                     connection.execute("SELECT pg_advisory_xact_lock(%s)", (ASSIGN_LOCK,))
-                yield _Connection(connection)
+                yield _Connection(connection, self)
         except (psycopg.Error, PoolTimeout) as exc:
             raise StoreError(f"{self.name}: {exc} (nothing of this transaction was saved)") from exc
 
