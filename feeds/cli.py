@@ -21,20 +21,13 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from starlette.routing import Route
 
 from feeds import __version__
 from feeds.config import find_config, load_settings
 from feeds.errors import ConfigError, FeedsError, StoreError
-from feeds.events import MIN_SCORE
 from feeds.fetch import Fetcher
-from feeds.manage import ConfigFile, ManageError, check_address, discover, read_opml, slugify, unique_name, write_opml
-from feeds.metrics import StoreCollector, exposition
 from feeds.models import OutputSpec, PollOutcome, Settings, SourceState, SourceView, word
 from feeds.normalize import canonical_url
 from feeds.policy import initial_state
@@ -42,15 +35,21 @@ from feeds.poll import poll_due
 from feeds.publish import missing_outputs, output_clusters, publish_all
 from feeds.retention import purge, retain
 from feeds.rules import entry_title, reports
-from feeds.scheduler import Daemon, config_digest, utc_now
-from feeds.server import HealthCheck, create_app, make_server
-from feeds.starter import write_starter
+from feeds.scheduler import config_digest, utc_now
 from feeds.status import source_statuses, status_json
 from feeds.store import STORE_MARKER, Store, open_store
 from feeds.timeutil import ago, to_rfc3339
 from feeds.untrusted import terminal_safe
-from feeds.websub import Subscriber, output_urls, ping_hub
 from feeds.workers import Isolated
+
+if TYPE_CHECKING:
+    from starlette.routing import Route
+
+    from feeds.manage import ConfigFile
+    from feeds.server import HealthCheck
+
+# Commands import what only they need (the web server, the scheduler, config editing, the
+# progress bar) where they run: a cron `feeds poll` starts without them.
 
 log = logging.getLogger("feeds")
 OK, FAILED, USAGE = 0, 1, 2
@@ -187,6 +186,8 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.verb == "migrate":
         return _migrate(args.source, args.target)
     if args.verb == "init":
+        from feeds.starter import write_starter
+
         try:
             written = write_starter(args.directory, now=utc_now())
         except FeedsError as exc:
@@ -266,6 +267,9 @@ def _migrate(source_url: str, target_url: str) -> int:
 
 def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int:
     if args.verb == "run":
+        from feeds.scheduler import Daemon
+        from feeds.websub import Subscriber
+
         fetcher = _fetcher(settings)
         runner = _runner(settings)
         announce = _announcer(settings, fetcher)
@@ -384,6 +388,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings, store: Store) -> int
 
 def _sources(args: argparse.Namespace, settings: Settings) -> int:
     """`feeds sources list|add|remove|import|export`: the config is the list of sources."""
+    from feeds.manage import ConfigFile, slugify, write_opml
+
     verb = args.sources_verb
     if verb == "list":
         return _list_sources(settings, as_json=args.json)
@@ -449,6 +455,8 @@ def _list_sources(settings: Settings, *, as_json: bool) -> int:
 
 
 def _add(config: ConfigFile, settings: Settings, args: argparse.Namespace) -> int:
+    from feeds.manage import ManageError, check_address, discover, slugify, unique_name
+
     address: str = args.url
     check_address(address)
     tags = [slugify(t) for t in args.tags.split(",") if t.strip()]
@@ -486,6 +494,8 @@ def _add(config: ConfigFile, settings: Settings, args: argparse.Namespace) -> in
 
 
 def _import(config: ConfigFile, path: Path, *, tags: Sequence[str], dry_run: bool) -> int:
+    from feeds.manage import ManageError, check_address, read_opml, slugify, unique_name
+
     subscriptions = read_opml(path)
     known = config.urls()
     names = set(config.names())
@@ -548,6 +558,8 @@ def _announcer(settings: Settings, fetcher: Fetcher) -> Callable[[list[str]], No
 
     def announce(written: list[str]) -> None:
         if settings.websub.hub and written:
+            from feeds.websub import output_urls, ping_hub
+
             ping_hub(fetcher, settings.websub.hub, output_urls(settings, written))
 
     return announce
@@ -580,6 +592,9 @@ def _serve(
     """Serve the app until SIGINT/SIGTERM (`on_stop` is told at the first one; a second one
     drops open connections and exits at once). `current` gives the config in force (the daemon's,
     which it reloads); else `settings` stays."""
+    from feeds.metrics import StoreCollector, exposition
+    from feeds.server import create_app, make_server
+
     now_settings: Callable[[], Settings] = current or (lambda: settings)
     host = args.host or settings.server.host
     port = settings.server.port if args.port is None else args.port
@@ -691,6 +706,9 @@ def _progress_bar(what: str, *, enabled: bool) -> Iterator[Callable[[int, int | 
     if not enabled:
         yield None
         return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     bar = Progress(
         TextColumn(what),
         BarColumn(),
@@ -824,6 +842,8 @@ def _preview(settings: Settings, store: Store, name: str, *, as_json: bool) -> i
 
 
 def _explain(store: Store, story_id: str) -> int:
+    from feeds.events import MIN_SCORE
+
     stored = store.stored_story(story_id)
     if stored is None:
         _print(f"feeds: no story {story_id!r} (ids are listed by `feeds clusters`)", file=sys.stderr)

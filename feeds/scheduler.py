@@ -17,8 +17,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Literal
 
-from apscheduler.schedulers.background import BackgroundScheduler
-
 from feeds.config import load_settings
 from feeds.errors import ConfigError, FeedsError
 from feeds.fetch import Fetcher
@@ -111,6 +109,8 @@ class Daemon:
         self._verified: dict[str, object] = {}  # output -> file stamps that matched its digest
         self._config_seen = config_stamp(settings)
         self._seen_written: datetime | None = None
+        from apscheduler.schedulers.background import BackgroundScheduler  # only the daemon pays its import
+
         self._scheduler = BackgroundScheduler(timezone=UTC)
         self._lock = threading.Lock()
 
