@@ -53,6 +53,7 @@ BANDS = 32
 ROWS = PERMUTATIONS // BANDS
 LEAD_WORDS = 40
 MIN_EXACT_WORDS = 8  # a body shorter than this is too generic to be a key
+COPY_SCORE = 100.0  # a same-event link between verified copies: stronger than any facts-based one
 _PRIME = np.uint64((1 << 61) - 1)
 _MASK = np.uint64(0xFFFFFFFF)
 
@@ -231,14 +232,20 @@ def assign(fp: Fingerprint, story: Story, candidates: Sequence[Candidate], setti
     # Rank by how far a candidate clears either threshold, so a truncated copy (low Jaccard, high
     # containment) is not beaten by a candidate with a higher Jaccard that passes neither test.
     best_score: tuple[float, float, float, Candidate] | None = None
+    verified: dict[int | None, tuple[float, str]] = {}  # the strongest verified match in each copy cluster
     for candidate in candidates:
         jaccard, containment = similarity(fp.shingles, candidate.shingles)
         strength = max(jaccard / settings.jaccard, containment / settings.containment)
         if best_score is None or strength > best_score[0]:
             best_score = (strength, jaccard, containment, candidate)
+        if strength >= 1 and strength > verified.get(candidate.cluster_id, (0.0, ""))[0]:
+            verified[candidate.cluster_id] = (strength, candidate.story_id)
     if best_score is not None:
         _, jaccard, containment, candidate = best_score
         if jaccard >= settings.jaccard or containment >= settings.containment:
+            # A copy of stories that sit in two clusters (A ~ B ~ C arrived as A, C, B): it joins
+            # one, and names the others, whose events then merge, whatever the order of arrival.
+            also = tuple(sorted(story_id for cluster, (_, story_id) in verified.items() if cluster != candidate.cluster_id))
             why = (
                 f"jaccard {jaccard:.2f} >= {settings.jaccard}"
                 if jaccard >= settings.jaccard
@@ -251,6 +258,7 @@ def assign(fp: Fingerprint, story: Story, candidates: Sequence[Candidate], setti
                 reason=why,
                 jaccard=jaccard,
                 containment=containment,
+                also=also,
             )
         return Decision(
             kind="new",
@@ -422,6 +430,10 @@ class _Planner:
             first = self.first_times.get(cluster) or self.found.first_times.get(cluster)
             self.first_times[cluster] = story.when if first is None else min(first, story.when)
         self._link(story, fp, near)
+        for other in decision.also:  # copies in other clusters: one event, whichever cluster it joined
+            a, b = sorted((story.id, other))
+            hours = abs((story.when - self._when(other)).total_seconds()) / 3600
+            self.links[(a, b)] = StoredLink(a, b, EventLink(COPY_SCORE, True, (f"a copy ({decision.reason})",), (), hours))
         candidate = Candidate(story.id, story.source, story.title, near, exact, fp.keys, fp.shingles, fp.words, fp.event)
         self.planned[story.id] = candidate
         for key in fp.keys:

@@ -402,6 +402,7 @@ class Decision:
     jaccard: float = 0.0
     containment: float = 0.0
     replaces: str | None = None  # same source, same article under a new guid (GUID rotation)
+    also: tuple[str, ...] = ()  # near: the best verified match in each other copy cluster (their events merge)
 
 
 @dataclass(frozen=True, slots=True)
