@@ -199,6 +199,48 @@ def similarity(a: Sequence[int], b: Sequence[int]) -> tuple[float, float]:
     return common / (len(a) + len(b) - common), common / min(len(a), len(b))
 
 
+def _exact(fp: Fingerprint, story: Story, best: Candidate) -> Decision:
+    """Joining the cluster of a story sharing an exact key (canonical URL or body text)."""
+    shared = sorted(set(best.keys) & set(fp.keys))
+    # Same source, same article URL and the same headline or text: the guid rotated, not a new story.
+    same_article = (
+        best.source == story.source
+        and any(k.startswith("u:") for k in shared)
+        and (best.title == story.title or any(k.startswith("b:") for k in shared))
+    )
+    return Decision(
+        kind="exact",
+        cluster_id=best.cluster_id,
+        exact_cluster_id=best.exact_cluster_id,
+        matched=best.story_id,
+        reason="same canonical URL" if any(k.startswith("u:") for k in shared) else "same body text",
+        jaccard=1.0,
+        containment=1.0,
+        replaces=best.story_id if same_article else None,
+    )
+
+
+def _scored(fp: Fingerprint, candidates: Sequence[Candidate], settings: DedupeSettings) -> list[tuple[float, float, float, Candidate]]:
+    """(strength, Jaccard, containment, candidate) of each candidate; a strength of 1 or more
+    clears one of the thresholds (a verified copy)."""
+    scored = []
+    for candidate in candidates:
+        jaccard, containment = similarity(fp.shingles, candidate.shingles)
+        scored.append((max(jaccard / settings.jaccard, containment / settings.containment), jaccard, containment, candidate))
+    return scored
+
+
+def _also(scored: Sequence[tuple[float, float, float, Candidate]], joined: int | None) -> tuple[str, ...]:
+    """The strongest verified copy in each copy cluster but the one joined. A copy of stories
+    that sit in two clusters (A ~ B ~ C arrived as A, C, B, or at once on two workers) joins one
+    and names the others, whose events then merge, whatever the order of arrival."""
+    best: dict[int | None, tuple[float, str]] = {}
+    for strength, _, _, candidate in scored:
+        if candidate.cluster_id != joined and strength >= 1 and strength > best.get(candidate.cluster_id, (0.0, ""))[0]:
+            best[candidate.cluster_id] = (strength, candidate.story_id)
+    return tuple(sorted(story_id for _, story_id in best.values()))
+
+
 def assign(fp: Fingerprint, story: Story, candidates: Sequence[Candidate], settings: DedupeSettings) -> Decision:
     """Join the cluster of the best verified match, or start a new one.
 
@@ -210,42 +252,20 @@ def assign(fp: Fingerprint, story: Story, candidates: Sequence[Candidate], setti
     exact = [c for c in candidates if set(c.keys) & set(fp.keys)]
     if exact:
         best = min(exact, key=lambda c: (c.source != story.source, c.story_id))
-        shared = sorted(set(best.keys) & set(fp.keys))
-        # Same source, same article URL and the same headline or text: the guid rotated, not a new story.
-        same_article = (
-            best.source == story.source
-            and any(k.startswith("u:") for k in shared)
-            and (best.title == story.title or any(k.startswith("b:") for k in shared))
-        )
-        return Decision(
-            kind="exact",
-            cluster_id=best.cluster_id,
-            exact_cluster_id=best.exact_cluster_id,
-            matched=best.story_id,
-            reason="same canonical URL" if any(k.startswith("u:") for k in shared) else "same body text",
-            jaccard=1.0,
-            containment=1.0,
-            replaces=best.story_id if same_article else None,
-        )
+        also = _also(_scored(fp, candidates, settings), best.cluster_id) if fp.shingles else ()
+        return replace(_exact(fp, story, best), also=also)
     if not fp.shingles:
         return Decision(kind="new", reason=f"too short to compare ({fp.words} words); exact keys only")
     # Rank by how far a candidate clears either threshold, so a truncated copy (low Jaccard, high
     # containment) is not beaten by a candidate with a higher Jaccard that passes neither test.
+    scored = _scored(fp, candidates, settings)
     best_score: tuple[float, float, float, Candidate] | None = None
-    verified: dict[int | None, tuple[float, str]] = {}  # the strongest verified match in each copy cluster
-    for candidate in candidates:
-        jaccard, containment = similarity(fp.shingles, candidate.shingles)
-        strength = max(jaccard / settings.jaccard, containment / settings.containment)
-        if best_score is None or strength > best_score[0]:
-            best_score = (strength, jaccard, containment, candidate)
-        if strength >= 1 and strength > verified.get(candidate.cluster_id, (0.0, ""))[0]:
-            verified[candidate.cluster_id] = (strength, candidate.story_id)
+    for entry in scored:
+        if best_score is None or entry[0] > best_score[0]:
+            best_score = entry
     if best_score is not None:
         _, jaccard, containment, candidate = best_score
         if jaccard >= settings.jaccard or containment >= settings.containment:
-            # A copy of stories that sit in two clusters (A ~ B ~ C arrived as A, C, B): it joins
-            # one, and names the others, whose events then merge, whatever the order of arrival.
-            also = tuple(sorted(story_id for cluster, (_, story_id) in verified.items() if cluster != candidate.cluster_id))
             why = (
                 f"jaccard {jaccard:.2f} >= {settings.jaccard}"
                 if jaccard >= settings.jaccard
@@ -258,7 +278,7 @@ def assign(fp: Fingerprint, story: Story, candidates: Sequence[Candidate], setti
                 reason=why,
                 jaccard=jaccard,
                 containment=containment,
-                also=also,
+                also=_also(scored, candidate.cluster_id),
             )
         return Decision(
             kind="new",
