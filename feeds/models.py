@@ -22,6 +22,9 @@ def word(status: str) -> str:
     return "unchanged" if status == "not_modified" else status
 
 
+FORMATS = {"atom": "application/atom+xml", "rss": "application/rss+xml", "json": "application/feed+json"}  # each output's files
+
+
 @dataclass(frozen=True, slots=True)
 class Source:
     """A feed the user listed in the config."""

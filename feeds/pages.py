@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlencode
 from xml.sax.saxutils import quoteattr
 
-from feeds.models import SourceView
+from feeds.models import FORMATS, SourceView
 from feeds.normalize import sanitize_html
 from feeds.timeutil import ago, parse_rfc3339
 from feeds.untrusted import web_url, xml_safe
@@ -28,7 +28,6 @@ PAGE_SIZE = 20  # stories on one page of the river: a few phone screens of excer
 ALSO_SHOWN = 3  # other outlets named on the river; the story page lists them all
 MAX_QUERY = 200  # characters of a title search
 MAX_PAGE = 10_000
-FORMAT_TYPES = {"atom": "application/atom+xml", "rss": "application/rss+xml", "json": "application/feed+json"}
 _WORD = re.compile(r"\w+")
 _EXTRAS = '<p class="feeds-'  # where entry_html's own paragraphs start after the lead's text
 
@@ -140,7 +139,7 @@ def page(title: str, body: str, *, root: str, head: str = "", script: bool = Fal
 def alternates(name: str, title: str, *, root: str) -> str:
     """<link rel="alternate"> tags for an output's three formats (feed autodiscovery)."""
     return "".join(
-        f'<link rel="alternate" type="{FORMAT_TYPES[fmt]}" title={quoteattr(f"{title} ({label})")} href="{root}{name}.{fmt}">'
+        f'<link rel="alternate" type="{FORMATS[fmt]}" title={quoteattr(f"{title} ({label})")} href="{root}{name}.{fmt}">'
         for fmt, label in (("atom", "Atom"), ("rss", "RSS"), ("json", "JSON Feed"))
     )
 

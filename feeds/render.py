@@ -21,7 +21,7 @@ from feedgen.feed import FeedEntry, FeedGenerator
 from feedgen.util import xml_elem
 
 from feeds import PROJECT_URL, __version__
-from feeds.models import Cluster, OutputSpec, Story
+from feeds.models import FORMATS, Cluster, OutputSpec, Story
 from feeds.normalize import display_url, excerpt
 from feeds.rules import entry_title
 from feeds.timeutil import EPOCH, to_rfc3339
@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 ATOM_NS = "http://www.w3.org/2005/Atom"
 HISTORY_NS = "http://purl.org/syndication/history/1.0"  # RFC 5005 feed paging and archiving
-FORMATS = {"atom": "application/atom+xml", "rss": "application/rss+xml", "json": "application/feed+json"}
 
 
 @dataclass(frozen=True, slots=True)

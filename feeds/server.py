@@ -42,7 +42,7 @@ from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from feeds.metrics import OUTPUT_RESPONSES
-from feeds.models import OutputSpec, Settings, SourceView
+from feeds.models import FORMATS, OutputSpec, Settings, SourceView
 from feeds.pages import (
     Filters,
     OutputSummary,
@@ -56,7 +56,6 @@ from feeds.pages import (
     story_page,
     time_html,
 )
-from feeds.render import FORMATS
 from feeds.timeutil import parse_http_date
 from feeds.untrusted import digits, web_url, xml_safe
 
