@@ -53,6 +53,11 @@ BANDS = 32
 ROWS = PERMUTATIONS // BANDS
 LEAD_WORDS = 40
 MIN_EXACT_WORDS = 8  # a body shorter than this is too generic to be a key
+# A band or event key shared by more stories than this in the dedupe window tells nothing (a
+# templated headline, a name and a number every story of a day carries) and would make every
+# new story compare with all of them: it finds no candidates. Copies still meet through their
+# other bands and exact keys; events through their other pairs of facts.
+COMMON_KEY = 100
 COPY_SCORE = 100.0  # a same-event link between verified copies: stronger than any facts-based one
 _PRIME = np.uint64((1 << 61) - 1)
 _MASK = np.uint64(0xFFFFFFFF)
@@ -331,7 +336,14 @@ def probe(polls: Sequence[tuple[Sequence[Story], Sequence[Fingerprint]]], *, sin
         keys=tuple(sorted({k for fp in fps for k in fp.keys})),
         bands=tuple(sorted({b for fp in fps for b in (*fp.bands, *fp.event_keys)})),
         since=since,
+        common=COMMON_KEY,
     )
+
+
+def _uncommon(stored: Sequence[str], batch: Sequence[str]) -> tuple[str, ...]:
+    """The stories a band or event key finds, stored and in this batch; none when more than
+    COMMON_KEY share it (the store drops its side of such a key already)."""
+    return () if len(stored) + len(batch) > COMMON_KEY else (*stored, *batch)
 
 
 def plan(
@@ -424,8 +436,7 @@ class _Planner:
             ids.update(self.found.by_key.get(key, ()))
             ids.update(self.by_key.get(key, ()))
         for band in fp.bands:
-            ids.update(self.found.by_band.get(band, ()))
-            ids.update(self.by_band.get(band, ()))
+            ids.update(_uncommon(self.found.by_band.get(band, ()), self.by_band.get(band, ())))
         ids.discard(fp.story_id)
         return [self.planned.get(i) or self.found.candidates[i] for i in sorted(ids)]
 
@@ -475,8 +486,7 @@ class _Planner:
             return
         ids: set[str] = set()
         for key in fp.event_keys:
-            ids.update(self.found.by_band.get(key, ()))
-            ids.update(self.by_event.get(key, ()))
+            ids.update(_uncommon(self.found.by_band.get(key, ()), self.by_event.get(key, ())))
         ids.discard(story.id)
         nearest: StoredLink | None = None  # the best rejected one, kept to explain it
         for other in sorted(ids):

@@ -436,6 +436,7 @@ class Probe:
     keys: tuple[str, ...]  # exact keys to find stories by
     bands: tuple[int, ...]  # band keys to find stories by, first seen since `since`
     since: datetime
+    common: int = 0  # a band key more stories than this share in the window finds none (0: no limit)
 
 
 @dataclass(frozen=True, slots=True)

@@ -409,6 +409,8 @@ class Transaction:
             query = f"SELECT band, seq FROM story_bands WHERE band IN ({_marks(chunk)}) AND first_seen >= ?"
             for band, seq in self.db.execute(query, (*chunk, since)):
                 by_band_seq.setdefault(band, []).append(seq)
+        if probe.common:  # keys too common to tell anything find nothing
+            by_band_seq = {band: seqs for band, seqs in by_band_seq.items() if len(seqs) <= probe.common}
         rows: dict[str, Row] = {}
         seqs = sorted({seq for found in by_band_seq.values() for seq in found})
         for chunk in _chunks(seqs):
