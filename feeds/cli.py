@@ -36,9 +36,9 @@ from feeds.publish import missing_outputs, output_clusters, publish_all
 from feeds.retention import purge, retain
 from feeds.rules import entry_title, reports
 from feeds.scheduler import config_digest, utc_now
-from feeds.status import source_statuses, status_json
+from feeds.status import source_statuses, stamp, status_json
 from feeds.store import STORE_MARKER, Store, open_store
-from feeds.timeutil import ago, to_rfc3339
+from feeds.timeutil import ago
 from feeds.untrusted import terminal_safe
 from feeds.workers import Isolated
 
@@ -757,10 +757,6 @@ def _outcome_json(o: PollOutcome) -> dict[str, Any]:
     return {"source": o.source, "status": word(o.status), "new": o.new, "updated": o.updated, "error": o.error, "warning": o.warning}
 
 
-def _stamp(value: datetime | None) -> str | None:
-    return to_rfc3339(value) if value else None
-
-
 def _status(settings: Settings, store: Store, *, as_json: bool) -> int:
     now = utc_now()
     seen = store.meta("daemon_seen")
@@ -798,7 +794,7 @@ def _clusters(settings: Settings, store: Store, *, mode: Literal["event", "copie
             "title": cluster.lead.title,
             "reports": max(len(cluster.reports), 1),
             "stories": [
-                {"source": s.source, "id": s.id, "link": s.link, "title": s.title, "published": _stamp(s.when)} for s in cluster.members
+                {"source": s.source, "id": s.id, "link": s.link, "title": s.title, "published": stamp(s.when)} for s in cluster.members
             ],
         }
         for cluster in output_clusters(settings, store, spec, [s.name for s in settings.sources], now=utc_now())
@@ -823,7 +819,7 @@ def _preview(settings: Settings, store: Store, name: str, *, as_json: bool) -> i
     titles = {s.name: s.title or s.name for s in settings.sources}
     rows: list[dict[str, Any]] = [
         {
-            "time": _stamp(min(m.when for m in c.members)),
+            "time": stamp(min(m.when for m in c.members)),
             "outlet": titles.get(c.lead.source, c.lead.source),
             "title": entry_title(c, output, titles.get(c.lead.source, c.lead.source)),
             "outlets": len({m.source for m in c.members}),

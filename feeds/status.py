@@ -13,7 +13,8 @@ from feeds.timeutil import format_duration, to_rfc3339
 from feeds.untrusted import strip_userinfo
 
 
-def _stamp(value: datetime | None) -> str | None:
+def stamp(value: datetime | None) -> str | None:
+    """An exact time for JSON (RFC 3339), or None."""
     return to_rfc3339(value) if value else None
 
 
@@ -25,14 +26,14 @@ def status_json(row: SourceView) -> dict[str, Any]:
         "url": strip_userinfo(state.url),
         "status": word(state.status),
         "state": row.description,
-        "last_poll": _stamp(state.last_poll),
-        "last_success": _stamp(state.last_success),
+        "last_poll": stamp(state.last_poll),
+        "last_success": stamp(state.last_success),
         "failures": state.failures,
-        "failing_since": _stamp(state.failing_since),
+        "failing_since": stamp(state.failing_since),
         "error": state.error,
         "warning": state.warning,
-        "next_poll": _stamp(state.next_poll),
-        "retry_after": _stamp(state.retry_after),
+        "next_poll": stamp(state.next_poll),
+        "retry_after": stamp(state.retry_after),
         "interval": row.interval,
         "interval_reason": state.interval_reason,
         "moved_from": state.moved_from,
