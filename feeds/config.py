@@ -558,6 +558,12 @@ def _check(data: dict[str, Any], base: Path, *, clean: bool = False) -> list[tup
         if isinstance(src, dict) and src.get("websub") is True and not websub.get("public_url"):
             problems.append((("sources", i, "websub"), "needs websub.public_url: the URL where hubs can reach this server"))
     problems.extend(_control_characters(data, ()) if not clean else [])
+    publish_dir = data.get("publish_dir")
+    if isinstance(publish_dir, str):
+        try:
+            Path(publish_dir).expanduser().resolve()
+        except (ValueError, RuntimeError, OSError) as exc:
+            problems.append((("publish_dir",), f"not a usable directory: {publish_dir!r} ({exc})"))
     storage = data.get("storage", "sqlite:///feeds.db")
     if isinstance(storage, str) and not re.match(r"^[a-z][a-z0-9+]*://", storage):
         problems.append((("storage",), f"must be a URL such as sqlite:///feeds.db, got {storage!r}"))
@@ -616,8 +622,12 @@ def _check_url(url: str, base: Path) -> str | None:
         return None if parts.hostname else f"not a valid URL: {url!r}"
     if len(parts.scheme) > 1 and parts.scheme != "file":  # one letter: a Windows drive
         return f"unsupported scheme {parts.scheme!r}: use http(s) or a file path"
-    local = Path(urlsplit(_resolve_url(url, base)).path)  # a file path: nothing urlsplit rejects
-    return None if local.is_file() else f"no such file: {local}"
+    try:  # a file path: `~nobody/x` has no home, a NUL byte is no path
+        local = Path(urlsplit(_resolve_url(url, base)).path)
+        found = local.is_file()
+    except (ValueError, RuntimeError, OSError) as exc:
+        return f"not a usable file path: {url!r} ({exc})"
+    return None if found else f"no such file: {local}"
 
 
 def _settings(model: _Config, path: Path) -> Settings:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from feeds.config import load_settings
 from feeds.errors import ConfigError
@@ -159,3 +162,18 @@ def test_every_default_is_declared_once_and_the_readme_agrees() -> None:
             assert rows[key] in forms, f"README shows {key} = {rows[key]}, the default is {value}"
             checked += 1
     assert checked >= 15
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("hHtTpPsS:/[]@?#%.-1:0fi\\le ~ä\x00"), max_size=40) | st.text(max_size=40))
+def test_any_url_in_a_config_is_a_problem_or_ok_never_a_crash(tmp_path_factory: pytest.TempPathFactory, url: str) -> None:
+    # `http://[::1/feed` raised from urlsplit, `~0` and a NUL byte from the path checks: every
+    # URL- or path-shaped text a config may hold is either valid or a problem with its line.
+    directory = tmp_path_factory.mktemp("urls")
+    path = directory / "feeds.yaml"
+    text = f"base_url: {json.dumps(url)}\npublish_dir: {json.dumps(url)}\nwebsub: {{hub: {json.dumps(url)}}}\n"
+    path.write_text(text + f"sources:\n  - name: a\n    url: {json.dumps(url)}\n")
+    try:
+        load_settings(path)
+    except ConfigError as exc:
+        assert all(p.startswith(f"{path}:") for p in exc.problems)
